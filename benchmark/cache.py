@@ -1,0 +1,77 @@
+"""Content-addressed on-disk caches: written to a temporary file and renamed, so a crash never leaves a cache entry
+that looks complete, and a damaged entry is detected and rebuilt rather than trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_npy(path: Path, shape: tuple | None = None, dtype: Any = None) -> np.ndarray | None:
+    """The cached array, or None when it is missing, unreadable, or not of the expected shape and dtype."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        return None
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        return None
+    return array
+
+
+def cached_array(
+    path: Path | None, build: Callable[[], np.ndarray], shape: tuple | None = None, dtype: Any = None
+) -> np.ndarray:
+    """Load ``path`` if it holds a valid array, else build, save atomically and return it (no cache if path None)."""
+    if path is not None:
+        hit = load_npy(path, shape, dtype)
+        if hit is not None:
+            return hit
+    array = build()
+    if path is not None:
+        atomic_save_npy(path, array)
+    return array

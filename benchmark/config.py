@@ -1,0 +1,284 @@
+"""Presets and the run configuration: typed dataclasses, every field declared once with its default.
+
+A run is ``RunConfig``: which method on which task, the preset it started from, the seed, and four sections
+(``data``, ``split``, ``probe`` and the method's own ``method`` parameters). ``--set section.field=value`` overrides
+any field; the value is parsed with the field's declared type, and an unknown key is an error naming the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad preset, override key or value; the message names it and the valid choices."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where patches come from. Embedded generator by default; TCGA-UT when ``root`` and ``metadata`` are set."""
+
+    root: str = ""  # TCGA-UT root folder (<root>/<CancerTypeName>/<slide>/*.jpg); empty = embedded generator
+    metadata: str = ""  # GDC clinical CSV for TCGA-UT
+    image_size: int = 32  # patches are rendered / resized to image_size x image_size
+    on_error: str = "fail"  # TCGA-UT corrupt files: "fail" or "skip" (skipped files are counted in the record)
+    max_patches_per_slide: int = 0  # TCGA-UT: keep at most this many patches per slide (0 = all), deterministic
+    # embedded generator (tasks/embedded.py)
+    sites_per_class: int = 12  # a task with K classes gets K x sites_per_class sites
+    patients_per_class: int = 120
+    patches_per_patient: int = 8
+    shortcut_strength: float = 0.9  # 0: site independent of class; 1: single-type sites (except mixed ones)
+    mixed_site_fraction: float = 0.2
+    generator_seed: int = 0
+
+    @property
+    def source(self) -> str:
+        return "tcga-ut" if self.root else "embedded"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How patients are divided into train / val / test_seen / test_unseen (always by patient)."""
+
+    seed: int = 0  # fixed by default so generative models are shared across run seeds (the paper's protocol)
+    heldout_fraction: float = 0.3  # share of unique keys per class held out as test_unseen
+    heldout_keys: tuple[str, ...] = ("tissue_source_site", "race")  # add "gender" for the authors' full key
+    guard: str = "key"  # "key": no key on both sides; "site": also no site on both sides (authors' code)
+    val_fraction: float = 0.15  # of the seen patients
+    test_seen_fraction: float = 0.2  # of the seen patients
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The downstream evaluation, identical for every method: frozen encoder + linear probe."""
+
+    encoder: str = "fbank"  # a name from `python -m benchmark list` (fbank, uni, timm:<model>)
+    encoder_weights: str = ""  # local weights file for uni / timm encoders (or $MEDIBENCH_UNI_WEIGHTS for uni)
+    batch_size: int = 256
+    C: float = 1.0  # inverse L2 regularization of the logistic regression
+    max_iter: int = 2000
+    standardize: bool = True  # z-score embeddings (fitted on the training set) before the probe
+    min_group_size: int = 10  # groups smaller than this are reported and flagged, and left out of worst-group acc
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    data: DataConfig
+    split: SplitConfig = SplitConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "smoke",
+            "seconds: tiny data and models; what CI and the ordinary tests run",
+            DataConfig(image_size=32, sites_per_class=6, patients_per_class=36, patches_per_patient=4),
+        ),
+        Preset(
+            "cpu",
+            "default without a GPU: 32 px, ~1 M-parameter models; one task's generative model within ~20 min on 2 cores",
+            DataConfig(image_size=32),
+        ),
+        Preset(
+            "gpu",
+            "default with a GPU: 64 px, mid-size models, about an hour per generative model",
+            DataConfig(image_size=64, sites_per_class=20, patients_per_class=300, patches_per_patient=16),
+        ),
+        Preset(
+            "paper",
+            "the authors' scale: 128 px, 6-level UNet, 800K steps; days on a GPU",
+            DataConfig(image_size=128, sites_per_class=30, patients_per_class=600, patches_per_patient=32),
+        ),
+    )
+}
+
+
+def default_preset(device: str) -> str:
+    """``cpu`` without a GPU, ``gpu`` with one."""
+    return "cpu" if device == "cpu" else "gpu"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's results (the run directory is a hash of it and the code version)."""
+
+    method: str
+    task: str
+    preset: str
+    seed: int = 0
+    device: str = "cpu"  # resolved device (never "auto" here)
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    probe: ProbeConfig = ProbeConfig()
+    method_params: Any = None  # the method's own Params dataclass, resolved for the preset
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.task}-s{self.seed}"
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_params"}
+        d = {k: (dataclasses.asdict(v) if is_dataclass(v) else v) for k, v in d.items()}
+        d["method_params"] = dataclasses.asdict(self.method_params) if self.method_params is not None else {}
+        return json.loads(json.dumps(d, default=list))
+
+    def flat(self) -> dict[str, Any]:
+        """``{"data.image_size": 32, "method.lr": 1e-4, ...}``: the resolved config as MLflow params."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            section = "method" if key == "method_params" else key
+            if isinstance(value, dict):
+                out.update({f"{section}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    def digest(self, code_version: str) -> str:
+        """Content address of the run: hash of the resolved config and the code version."""
+        payload = json.dumps({"config": self.to_dict(), "code": code_version}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --set key=value
+
+
+def parse_value(text: str, annotation: Any, key: str) -> Any:
+    """Parse ``text`` as the declared type of field ``key``."""
+    if isinstance(annotation, str):  # from __future__ annotations: resolve the simple names used here
+        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
+    origin = typing.get_origin(annotation)
+    try:
+        if annotation is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if annotation is int:
+            return int(text)
+        if annotation is float:
+            return float(text)
+        if annotation is str:
+            return text
+        if origin is tuple or (isinstance(annotation, str) and annotation.startswith("tuple")):
+            items = [t.strip() for t in text.split(",") if t.strip()]
+            inner = typing.get_args(annotation)
+            if inner and inner[0] in (int, float):
+                return tuple(inner[0](t) for t in items)
+            return tuple(items)
+    except ValueError:
+        raise ConfigError(f"--set {key}={text}: expected {getattr(annotation, '__name__', annotation)}") from None
+    raise ConfigError(f"--set {key}: fields of type {annotation} cannot be set from the command line")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["data.image_size=64", "seed=1"]`` -> dict; a malformed item is a ConfigError naming it."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. data.image_size=64")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def apply_overrides(obj: Any, overrides: dict[str, str], prefix: str) -> Any:
+    """A copy of dataclass ``obj`` with ``prefix.field=value`` overrides applied (typed)."""
+    types = _field_types(type(obj))
+    changes = {}
+    for key, text in overrides.items():
+        name = key[len(prefix) + 1 :]
+        if name not in types:
+            valid = ", ".join(f"{prefix}.{n}" for n in types)
+            raise ConfigError(f"unknown --set key {key!r}; valid keys in {prefix}: {valid}")
+        changes[name] = parse_value(text, types[name], key)
+    return replace(obj, **changes) if changes else obj
+
+
+SECTIONS = ("data", "split", "probe", "method")
+TOP_LEVEL = ("seed",)
+
+
+def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Group overrides by section; an unknown section is a ConfigError listing the valid ones."""
+    grouped: dict[str, dict[str, str]] = {s: {} for s in (*SECTIONS, "")}
+    for key, value in overrides.items():
+        section = key.split(".", 1)[0] if "." in key else ""
+        if section not in grouped or (section == "" and key not in TOP_LEVEL):
+            valid = ", ".join([*TOP_LEVEL, *(f"{s}.<field>" for s in SECTIONS)])
+            raise ConfigError(f"unknown --set key {key!r}; valid keys: {valid} (see `python -m benchmark list`)")
+        grouped[section][key] = value
+    return grouped
+
+
+def resolve(
+    method: str,
+    task: str,
+    preset: str,
+    seed: int,
+    device: str,
+    overrides: dict[str, str] | None = None,
+    method_params: Any = None,
+) -> RunConfig:
+    """Preset + overrides -> a complete RunConfig. ``method_params`` is the method's Params for the preset."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    grouped = split_overrides(overrides or {})
+    if "seed" in grouped[""]:
+        seed = parse_value(grouped[""]["seed"], int, "seed")
+    data = apply_overrides(p.data, grouped["data"], "data")
+    split = apply_overrides(p.split, grouped["split"], "split")
+    probe = apply_overrides(p.probe, grouped["probe"], "probe")
+    if grouped["method"]:
+        if method_params is None:
+            raise ConfigError(f"method {method!r} has no parameters; got {sorted(grouped['method'])}")
+        method_params = apply_overrides(method_params, grouped["method"], "method")
+    _validate(data, split, probe)
+    return RunConfig(method, task, preset, seed, device, data, split, probe, method_params)
+
+
+def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig) -> None:
+    checks = [
+        (data.image_size in (32, 64, 128, 256), "data.image_size", data.image_size, "one of 32, 64, 128, 256"),
+        (data.on_error in ("fail", "skip"), "data.on_error", data.on_error, "'fail' or 'skip'"),
+        (bool(data.root) == bool(data.metadata), "data.metadata", data.metadata, "set together with data.root"),
+        (0.0 <= data.shortcut_strength <= 1.0, "data.shortcut_strength", data.shortcut_strength, "in [0, 1]"),
+        (0.0 < split.heldout_fraction < 1.0, "split.heldout_fraction", split.heldout_fraction, "in (0, 1)"),
+        (split.guard in ("key", "site"), "split.guard", split.guard, "'key' or 'site'"),
+        (0.0 < split.val_fraction < 0.5, "split.val_fraction", split.val_fraction, "in (0, 0.5)"),
+        (0.0 < split.test_seen_fraction < 0.5, "split.test_seen_fraction", split.test_seen_fraction, "in (0, 0.5)"),
+        (len(split.heldout_keys) > 0, "split.heldout_keys", split.heldout_keys, "at least one metadata column"),
+        (probe.C > 0, "probe.C", probe.C, "> 0"),
+        (probe.min_group_size >= 1, "probe.min_group_size", probe.min_group_size, ">= 1"),
+    ]
+    for ok, key, value, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def describe_fields(cls: type, prefix: str) -> list[tuple[str, str, Any]]:
+    """(key, type, default) for every field of a config dataclass: what `list` prints."""
+    types = _field_types(cls)
+    out = []
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        tname = getattr(types[f.name], "__name__", str(types[f.name]))
+        out.append((f"{prefix}.{f.name}", tname, default))
+    return out

@@ -1,0 +1,158 @@
+"""The Split schema shared by every task and method, and helpers to subset, join and read its images.
+
+A Split holds N patches: ``images`` (a uint8 ``N x H x W x 3`` array, or a lazy ``ImageSource`` that reads files
+on demand) and ``metadata`` (one row per patch, columns below). Methods return Splits; the runner never looks
+inside a method, only at Splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+#: Columns every Split's metadata carries (unknown values are the string "Unknown", or NaN for age).
+METADATA_COLUMNS: tuple[str, ...] = (
+    "label",  # int, index into Task.classes
+    "cancer_type",  # str, e.g. "LUAD"
+    "project_id",  # str, e.g. "TCGA-LUAD"
+    "tissue_source_site",  # str, 2-character TCGA site code, e.g. "05"
+    "race",  # str, GDC vocabulary ("white", "black or african american", "asian", ... "Unknown")
+    "gender",  # str, "female" / "male" / "Unknown"
+    "age_at_index",  # float years, NaN when unknown
+    "patient_id",  # str, TCGA-XX-YYYY
+    "slide_id",  # str, TCGA slide barcode
+    "is_synthetic",  # bool, True for patches a method generated
+    "source",  # str, where the patch came from: "embedded", "tcga-ut", or a method name
+)
+UNKNOWN = "Unknown"
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """A lazily read stack of RGB patches (e.g. JPEG files), indexable like a uint8 ``N x H x W x 3`` array."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]: ...
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray: ...
+
+    def take(self, indices: np.ndarray) -> "ImageSource": ...
+
+    def fingerprint(self) -> str:
+        """A short content hash (e.g. of paths, sizes and mtimes) that changes when the images change."""
+        ...
+
+
+Images = "np.ndarray | ImageSource"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One set of patches: images plus one metadata row per patch (columns: METADATA_COLUMNS, then "group")."""
+
+    images: np.ndarray | ImageSource
+    metadata: pd.DataFrame
+    name: str = ""
+    info: dict = field(default_factory=dict, compare=False)  # counts worth reporting (skipped files, ...)
+
+    def __post_init__(self) -> None:
+        n_img, n_meta = len(self.images), len(self.metadata)
+        if n_img != n_meta:
+            raise ValueError(f"split {self.name!r}: {n_img} images but {n_meta} metadata rows")
+        if isinstance(self.images, np.ndarray):
+            if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+                raise ValueError(
+                    f"split {self.name!r}: images must be uint8 N x H x W x 3, got {self.images.dtype} "
+                    f"{self.images.shape}"
+                )
+        missing = [c for c in METADATA_COLUMNS if c not in self.metadata.columns]
+        if missing:
+            raise ValueError(f"split {self.name!r}: metadata lacks columns {missing}")
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.metadata["label"].to_numpy(dtype=np.int64)
+
+    def subset(self, index: np.ndarray | pd.Series, name: str | None = None) -> "Split":
+        """Rows selected by a boolean mask or integer positions; images stay lazy when they were."""
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        images = self.images[idx] if isinstance(self.images, np.ndarray) else self.images.take(idx)
+        meta = self.metadata.iloc[idx].reset_index(drop=True)
+        return Split(images, meta, name or self.name, dict(self.info))
+
+    def load(self) -> "Split":
+        """The same split with its images read into memory."""
+        if isinstance(self.images, np.ndarray):
+            return self
+        return Split(materialize(self.images), self.metadata, self.name, dict(self.info))
+
+    def with_images(self, images: np.ndarray, name: str | None = None) -> "Split":
+        """Same metadata, new pixels (e.g. stain-normalized)."""
+        return Split(images, self.metadata, name or self.name, dict(self.info))
+
+    def fingerprint(self) -> str:
+        """Content hash of pixels and metadata; keys the embedding and model caches."""
+        h = hashlib.blake2b(digest_size=16)
+        if isinstance(self.images, np.ndarray):
+            h.update(str(self.images.shape).encode())
+            h.update(np.ascontiguousarray(self.images).data)
+        else:
+            h.update(self.images.fingerprint().encode())
+        h.update(pd.util.hash_pandas_object(self.metadata[list(METADATA_COLUMNS)], index=False).to_numpy().data)
+        return h.hexdigest()
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """uint8 image batches in order, read lazily when the source is lazy."""
+        for start in range(0, len(self), batch_size):
+            yield np.asarray(self.images[start : start + batch_size])
+
+
+def materialize(images: np.ndarray | ImageSource, batch_size: int = 512) -> np.ndarray:
+    """Read every image into one uint8 array."""
+    if isinstance(images, np.ndarray):
+        return images
+    n, h, w, c = images.shape
+    out = np.empty((n, h, w, c), dtype=np.uint8)
+    for start in range(0, n, batch_size):
+        out[start : start + batch_size] = images[start : start + batch_size]
+    return out
+
+
+def concat(splits: Sequence[Split], name: str) -> Split:
+    """Join splits row-wise (images read into memory); metadata keeps the union of columns."""
+    if not splits:
+        raise ValueError("concat needs at least one split")
+    sizes = {s.image_size for s in splits if len(s)}
+    if len(sizes) > 1:
+        raise ValueError(f"cannot join splits with image sizes {sorted(sizes)}: {[s.name for s in splits]}")
+    images = np.concatenate([materialize(s.images) for s in splits], axis=0)
+    meta = pd.concat([s.metadata for s in splits], ignore_index=True)
+    info: dict = {}
+    for s in splits:
+        info.update(s.info)
+    return Split(images, meta, name, info)
+
+
+def empty_metadata() -> pd.DataFrame:
+    """A zero-row metadata frame with the schema's columns and dtypes."""
+    return pd.DataFrame(
+        {
+            c: pd.Series(dtype={"label": "int64", "age_at_index": "float64", "is_synthetic": "bool"}.get(c, "object"))
+            for c in METADATA_COLUMNS
+        }
+    )

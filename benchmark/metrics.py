@@ -1,0 +1,96 @@
+"""Evaluation metrics: balanced, worst-group, per-group and site-averaged accuracy, and MCC.
+
+Every function takes plain arrays and returns plain numbers or frames, so each has a hand-computed test.
+An empty input gives NaN (never an exception): a split or group can legitimately be empty.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, matthews_corrcoef
+
+NAN = float("nan")
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(y_true == y_pred)) if len(y_true) else NAN
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y_true`` (sklearn's definition); NaN when empty."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        return NAN
+    recalls = [np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]
+    return float(np.mean(recalls))
+
+
+def mcc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Matthews correlation coefficient (multi-class); NaN when empty, 0 when undefined (sklearn)."""
+    if len(y_true) == 0:
+        return NAN
+    return float(matthews_corrcoef(y_true, y_pred))
+
+
+def group_table(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Series | np.ndarray, min_group_size: int
+) -> pd.DataFrame:
+    """One row per group: n, correct, accuracy, and ``flagged`` when n < min_group_size (reported, not dropped)."""
+    frame = pd.DataFrame({"group": np.asarray(groups, dtype=object), "correct": np.asarray(y_true) == y_pred})
+    if frame.empty:
+        return pd.DataFrame(columns=["group", "n", "correct", "accuracy", "flagged"])
+    table = frame.groupby("group", sort=True)["correct"].agg(n="size", correct="sum").reset_index()
+    table["correct"] = table["correct"].astype(int)
+    table["accuracy"] = table["correct"] / table["n"]
+    table["flagged"] = table["n"] < min_group_size
+    return table
+
+
+def worst_group_accuracy(table: pd.DataFrame) -> float:
+    """Lowest accuracy over the groups that are not flagged as too small; NaN when none qualifies."""
+    ok = table[~table["flagged"].astype(bool)] if len(table) else table
+    return float(ok["accuracy"].min()) if len(ok) else NAN
+
+
+def site_averaged_balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, sites: np.ndarray) -> float:
+    """Balanced accuracy within each site, averaged over sites (the paper's TSS-averaged metric)."""
+    y_true, y_pred, sites = np.asarray(y_true), np.asarray(y_pred), np.asarray(sites, dtype=object)
+    if len(y_true) == 0:
+        return NAN
+    values = [balanced_accuracy(y_true[sites == s], y_pred[sites == s]) for s in pd.unique(sites)]
+    return float(np.mean(values))
+
+
+def evaluate(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: pd.Series | np.ndarray,
+    sites: np.ndarray,
+    n_classes: int,
+    min_group_size: int,
+) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+    """All metrics of one split: (scalar metrics, per-group table, confusion matrix)."""
+    table = group_table(y_true, y_pred, groups, min_group_size)
+    metrics = {
+        "n": float(len(y_true)),
+        "accuracy": accuracy(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
+        "worst_group_accuracy": worst_group_accuracy(table),
+        "site_balanced_accuracy": site_averaged_balanced_accuracy(y_true, y_pred, sites),
+        "mcc": mcc(y_true, y_pred),
+        "n_groups": float(len(table)),
+        "n_groups_flagged": float(table["flagged"].sum()) if len(table) else 0.0,
+    }
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(n_classes))) if len(y_true) else np.zeros(
+        (n_classes, n_classes), dtype=int
+    )
+    return metrics, table, cm
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON-friendly: NaN / inf become None."""
+    return None if value is None or not math.isfinite(value) else float(value)

@@ -1,0 +1,90 @@
+"""The two plug-in protocols, Task and Method, and the Context the runner hands to a method.
+
+Methods never train the downstream classifier or compute metrics: the runner does that the same way for every
+method, so the comparison is fair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import pandas as pd
+
+from benchmark.config import DataConfig, SplitConfig
+from benchmark.data import Split
+
+SPLITS: tuple[str, ...] = ("train", "val", "test_seen", "test_unseen")
+EVAL_SPLITS: tuple[str, ...] = ("val", "test_seen", "test_unseen")
+
+
+class Task:
+    """A classification problem over patches, with the splits and the group definition it is judged on."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    classes: ClassVar[tuple[str, ...]] = ()  # cancer type codes, in label order
+    metadata_columns: ClassVar[tuple[str, ...]] = ("tissue_source_site", "race", "gender", "age_at_index")
+    group_columns: ClassVar[tuple[str, ...]] = ("cancer_type", "tissue_source_site", "race")
+
+    def __init__(self, data: DataConfig, split: SplitConfig, cache_dir: Path | None = None, progress: bool = False):
+        self.data = data
+        self.split = split
+        self.cache_dir = cache_dir
+        self.progress = progress
+
+    def splits(self, seed: int) -> dict[str, Split]:
+        """train, val, test_seen, test_unseen: disjoint by patient; test_unseen holds the held-out keys."""
+        raise NotImplementedError
+
+    def groups(self, metadata: pd.DataFrame) -> pd.Series:
+        """The group of each patch for worst-group accuracy: the values of ``group_columns`` joined by '|'."""
+        return metadata[list(self.group_columns)].astype(str).agg("|".join, axis=1)
+
+
+@dataclass
+class Context:
+    """What a method may use besides the data: device, seeds, where to cache, how to log."""
+
+    device: str
+    preset: str
+    seed: int
+    task: Task
+    run_dir: Path
+    cache_dir: Path
+    progress: bool = True
+    log_metrics: Callable[[dict[str, float], int | None], None] = lambda metrics, step=None: None
+    log_artifact: Callable[[Path], None] = lambda path: None
+    report: dict[str, Any] = field(default_factory=dict)  # counts the method wants in the run record
+
+
+class Method:
+    """An augmentation strategy: fit on the training split, return it augmented, optionally transform eval splits."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type | None] = None  # a frozen dataclass of the method's hyperparameters, or None
+
+    def __init__(self, params: Any = None):
+        self.params = params
+
+    @classmethod
+    def default_params(cls, preset: str) -> Any:
+        """The method's hyperparameters for a preset (None when it has none)."""
+        return cls.Params() if cls.Params is not None else None
+
+    @property
+    def generative(self) -> bool:
+        """True when augment() adds synthetic images (the runner then reports FID)."""
+        return False
+
+    def fit(self, train: Split, ctx: Context) -> None:
+        """Learn whatever the method needs from the training split (cache expensive models under ctx.cache_dir)."""
+
+    def augment(self, train: Split, ctx: Context) -> Split:
+        """Real training patches plus synthetic ones (``is_synthetic=True``)."""
+        return train
+
+    def transform_eval(self, split: Split, ctx: Context) -> Split:
+        """Applied to val and test splits before evaluation; identity by default."""
+        return split

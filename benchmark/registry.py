@@ -1,0 +1,69 @@
+"""One small registry class; the three registries of the suite live where their entries are defined."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """An unknown or duplicate name; the message names the value and the valid choices."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Maps explicit lowercase names to factories, each with a one-line description."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, tuple[T, str]] = {}
+
+    def register(self, name: str, description: str) -> Callable[[T], T]:
+        """Decorator: ``@METHODS.register("none", "no augmentation")``."""
+        if name != name.lower() or not name or " " in name:
+            raise ValueError(f"{self.kind} name must be a lowercase word without spaces, got {name!r}")
+
+        def deco(obj: T) -> T:
+            if name in self._entries:
+                raise RegistryError(f"duplicate {self.kind} name {name!r}: already registered")
+            self._entries[name] = (obj, description)
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise RegistryError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}")
+        return self._entries[name][0]
+
+    def description(self, name: str) -> str:
+        self.get(name)
+        return self._entries[name][1]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# The suite's three registries; entries register themselves when methods/, tasks/ and benchmark.encoders import.
+METHODS: Registry = Registry("method")
+TASKS: Registry = Registry("task")
+ENCODERS: Registry = Registry("encoder")
+
+
+def load_plugins() -> None:
+    """Import the packages whose modules register methods, tasks and encoders (cheap: no heavy imports)."""
+    import benchmark.encoders  # noqa: F401
+    import methods  # noqa: F401
+    import tasks  # noqa: F401

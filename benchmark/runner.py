@@ -1,0 +1,393 @@
+"""The common runner: ``run_one(config)`` runs one method on one task, the same way for every method.
+
+A run is content-addressed (hash of the resolved config and the code version); its directory holds the resolved
+config, per-group tables, confusion matrices and predictions, and last ``record.json``, written atomically: a
+directory without ``record.json`` is an unfinished run. A finished run is reused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import socket
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark import __version__
+from benchmark import metrics as M
+from benchmark.cache import atomic_write_json, cached_array
+from benchmark.config import ConfigError, RunConfig, default_preset, parse_overrides, resolve
+from benchmark.data import Split
+from benchmark.encoders import Encoder, build_encoder
+from benchmark.protocols import EVAL_SPLITS, Context, Method, Task
+from benchmark.registry import METHODS, TASKS, load_plugins
+
+log = logging.getLogger("benchmark")
+RECORD_SCHEMA = 1
+
+
+class RunError(RuntimeError):
+    """A run could not be done as asked (the message says why); nothing that looks finished was written."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resolving
+
+
+def git_commit() -> str:
+    """The source checkout's commit ("" outside git), with "-dirty" when it has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not sha:
+            return ""
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def code_version() -> str:
+    """What the run hash includes: the package version (bumped when results change)."""
+    return __version__
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> cuda, then mps, then cpu; an unavailable explicit device is a ConfigError."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here (use --device auto or cpu)")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: no Apple MPS device is available here (use --device auto or cpu)")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {requested!r}; choose from: auto, cpu, cuda, mps")
+    return requested
+
+
+def build_config(
+    method: str,
+    task: str,
+    preset: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    overrides: list[str] | dict[str, str] | None = None,
+) -> RunConfig:
+    """CLI-level arguments -> a complete RunConfig (unknown names are ConfigErrors listing the valid choices)."""
+    load_plugins()
+    method_cls = METHODS.get(method)
+    TASKS.get(task)
+    resolved_device = resolve_device(device)
+    preset = preset or default_preset(resolved_device)
+    overrides = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    params = method_cls.default_params(preset) if preset in _presets() else None
+    cfg = resolve(method, task, preset, seed, resolved_device, overrides, params)
+    if cfg.probe.encoder.partition(":")[0] not in _encoders():
+        raise ConfigError(f"unknown encoder {cfg.probe.encoder!r}; choose from: {', '.join(_encoders())}")
+    return cfg
+
+
+def _presets() -> list[str]:
+    from benchmark.config import PRESETS
+
+    return list(PRESETS)
+
+
+def _encoders() -> list[str]:
+    from benchmark.registry import ENCODERS
+
+    return ENCODERS.names()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def run_dir_for(cfg: RunConfig, results_dir: Path) -> Path:
+    return results_dir / "runs" / cfg.task / cfg.method / f"{cfg.name}-{cfg.digest(code_version())}"
+
+
+def load_record(run_dir: Path) -> dict | None:
+    """The finished record of a run directory, or None if the run is unfinished or its record unreadable."""
+    import json
+
+    path = run_dir / "record.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation, the same for every method
+
+
+def embed_split(encoder: Encoder, split: Split, cache_dir: Path | None, device: str, batch_size: int) -> np.ndarray:
+    """Embeddings of a split's images, cached by encoder and image content (real and synthetic rows separately)."""
+    out = np.zeros((len(split), encoder.dim), dtype=np.float32)
+    synthetic = split.metadata["is_synthetic"].to_numpy(dtype=bool)
+    for mask in (~synthetic, synthetic):
+        if not mask.any():
+            continue
+        part = split.subset(mask) if not mask.all() else split
+        path = None
+        if cache_dir is not None:
+            path = cache_dir / "embeddings" / encoder.fingerprint().replace(":", "_") / f"{part.fingerprint()}.npy"
+
+        def build(part: Split = part) -> np.ndarray:
+            chunks = [encoder.embed(batch, device) for batch in part.batches(batch_size)]
+            return np.concatenate(chunks).astype(np.float32)
+
+        out[mask] = cached_array(path, build, (len(part), encoder.dim), np.float32)
+    return out
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, cfg: RunConfig):
+    """sklearn LogisticRegression(class_weight="balanced") on (optionally standardized) embeddings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y)) < 2:
+        raise RunError(f"the training split has a single class ({np.unique(y)}); the probe needs at least two")
+    clf = LogisticRegression(
+        C=cfg.probe.C, class_weight="balanced", max_iter=cfg.probe.max_iter, random_state=cfg.seed
+    )
+    model = make_pipeline(StandardScaler(), clf) if cfg.probe.standardize else clf
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x, y)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+
+class _RunLock:
+    """An exclusive claim on a run directory (a file created with O_EXCL holding host and PID)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+
+    def __enter__(self) -> "_RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                if not self._stale():
+                    raise RunError(f"run {self.path.parent} is being computed by another process ({self._owner()})")
+                self.path.unlink(missing_ok=True)
+        raise RunError(f"could not claim {self.path}")
+
+    def _owner(self) -> str:
+        try:
+            return self.path.read_text()
+        except OSError:
+            return "?"
+
+    def _stale(self) -> bool:
+        host, _, pid = self._owner().partition(" ")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_one(cfg: RunConfig, results_dir: Path | str = "results", force: bool = False, progress: bool = True) -> dict:
+    """Run ``cfg`` (or reuse its finished record) and return the record."""
+    from benchmark import tracking
+
+    results_dir = Path(results_dir)
+    run_dir = run_dir_for(cfg, results_dir)
+    # 1. reuse a finished run
+    if not force:
+        record = load_record(run_dir)
+        if record is not None:
+            record["reused"] = True
+            return record
+    # 2. fail early: the tracking store must be reachable before any work starts
+    uri = tracking.tracking_uri(results_dir)
+    tracking.check_reachable(uri)
+    with _RunLock(run_dir):
+        (run_dir / "record.json").unlink(missing_ok=True)
+        return _run_locked(cfg, results_dir, run_dir, progress)
+
+
+def _run_locked(cfg: RunConfig, results_dir: Path, run_dir: Path, progress: bool) -> dict:
+    from benchmark import tracking
+
+    started = time.time()
+    cache_dir = results_dir / "cache"
+    commit = git_commit()
+    tags = {
+        "method": cfg.method,
+        "task": cfg.task,
+        "preset": cfg.preset,
+        "seed": str(cfg.seed),
+        "encoder": cfg.probe.encoder,
+        "device": cfg.device,
+        "code_version": code_version(),
+        "git_commit": commit,
+        "run_hash": run_dir.name.rsplit("-", 1)[-1],
+        "data_source": cfg.data.source,
+    }
+    tracker = tracking.Tracker(results_dir, f"medibench-{cfg.task}", cfg.name, tags, cfg.flat())
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    tracker.log_artifact(run_dir / "config.json")
+    try:
+        record = _execute(cfg, run_dir, cache_dir, tracker, progress)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    # 7. the record, written last and atomically; then the append-only results.jsonl
+    record.update(
+        schema=RECORD_SCHEMA,
+        run_id=run_dir.name.rsplit("-", 1)[-1],
+        name=cfg.name,
+        method=cfg.method,
+        task=cfg.task,
+        preset=cfg.preset,
+        seed=cfg.seed,
+        device=cfg.device,
+        encoder=cfg.probe.encoder,
+        config=cfg.to_dict(),
+        code_version=code_version(),
+        git_commit=commit,
+        started=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        duration_s=round(time.time() - started, 2),
+        run_dir=str(run_dir),
+        mlflow={"tracking_uri": tracker.uri, "experiment": tracker.experiment, "run_id": tracker.run_id},
+        host={
+            "hostname": socket.gethostname(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    )
+    tracker.log_metrics({"duration_s": record["duration_s"]})
+    atomic_write_json(run_dir / "record.json", record)
+    tracker.log_artifact(run_dir / "record.json")
+    tracker.finish("FINISHED")
+    tracking.append_record(results_dir, record)
+    record["reused"] = False
+    return record
+
+
+def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: bool) -> dict:
+    # 1. seed everything
+    seed_everything(cfg.seed)
+    # 2. the task's splits
+    task: Task = TASKS.get(cfg.task)(cfg.data, cfg.split, cache_dir, progress)
+    splits = task.splits(cfg.split.seed)
+    data_info = dict(splits["train"].info)
+    log.info("splits: %s", {k: len(v) for k, v in splits.items()})
+    # 3. the method learns from the training split
+    method: Method = METHODS.get(cfg.method)(cfg.method_params)
+    ctx = Context(
+        device=cfg.device,
+        preset=cfg.preset,
+        seed=cfg.seed,
+        task=task,
+        run_dir=run_dir,
+        cache_dir=cache_dir,
+        progress=progress,
+        log_metrics=tracker.log_metrics,
+        log_artifact=tracker.log_artifact,
+    )
+    method.fit(splits["train"], ctx)
+    # 4. augmented training set; evaluation splits as the method wants them seen
+    train = method.augment(splits["train"], ctx)
+    if "group" not in train.metadata.columns or train.metadata["group"].isna().any():
+        meta = train.metadata.copy()
+        meta["group"] = task.groups(meta)
+        train = Split(train.images, meta, "train", train.info)
+    evals = {name: method.transform_eval(splits[name], ctx) for name in EVAL_SPLITS}
+    # 5. frozen encoder -> embeddings (cached) -> linear probe
+    encoder = build_encoder(cfg.probe)
+    x_train = embed_split(encoder, train, cache_dir, cfg.device, cfg.probe.batch_size)
+    probe = fit_probe(x_train, train.labels, cfg)
+    # 6. metrics on every evaluation split
+    metrics: dict[str, float] = {
+        "train/n_real": float((~train.metadata["is_synthetic"].astype(bool)).sum()),
+        "train/n_synthetic": float(train.metadata["is_synthetic"].astype(bool).sum()),
+    }
+    groups: dict[str, list[dict]] = {}
+    predictions = []
+    for name, split in evals.items():
+        x = embed_split(encoder, split, cache_dir, cfg.device, cfg.probe.batch_size)
+        y = split.labels
+        prob = probe.predict_proba(x) if len(split) else np.zeros((0, len(task.classes)))
+        pred = prob.argmax(axis=1) if len(split) else np.zeros(0, dtype=int)
+        values, table, cm = M.evaluate(
+            y, pred, split.metadata["group"], split.metadata["tissue_source_site"].to_numpy(), len(task.classes),
+            cfg.probe.min_group_size,
+        )
+        metrics.update({f"{name}/{k}": v for k, v in values.items()})
+        groups[name] = table.to_dict(orient="records")
+        table.to_csv(run_dir / f"groups_{name}.csv", index=False)
+        cm_frame = pd.DataFrame(cm, index=[f"true_{c}" for c in task.classes], columns=[f"pred_{c}" for c in task.classes])
+        cm_frame.to_csv(run_dir / f"confusion_{name}.csv")
+        frame = split.metadata[["patient_id", "tissue_source_site", "race", "group", "label"]].copy()
+        frame.insert(0, "split", name)
+        frame["pred"] = pred
+        for i, c in enumerate(task.classes):
+            frame[f"p_{c}"] = prob[:, i] if len(split) else []
+        predictions.append(frame)
+    pd.concat(predictions, ignore_index=True).to_csv(run_dir / "predictions.csv.gz", index=False)
+    # 7. tracking: metrics and artifacts
+    tracker.log_metrics(metrics)
+    for name in EVAL_SPLITS:
+        tracker.log_artifact(run_dir / f"groups_{name}.csv", "groups")
+        tracker.log_artifact(run_dir / f"confusion_{name}.csv", "confusion")
+    return {
+        "metrics": {k: M.finite_or_none(v) for k, v in metrics.items()},
+        "groups": groups,
+        "classes": list(task.classes),
+        "data": data_info,
+        "method_report": ctx.report,
+    }
+

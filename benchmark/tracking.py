@@ -1,0 +1,157 @@
+"""Experiment tracking: the ONLY module that imports mlflow; also appends the self-describing results.jsonl.
+
+Default store: ``sqlite:///<results>/mlflow.db`` with artifacts under ``<results>/mlartifacts`` (no server).
+``MLFLOW_TRACKING_URI`` selects a tracking server instead; it is checked before any training starts.
+One experiment per task, run name ``<method>-<task>-s<seed>``, metrics named ``<split>/<metric>``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or written; raised before any work starts."""
+
+
+def tracking_uri(results_dir: Path) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the local sqlite store under ``results_dir``."""
+    env = os.environ.get(TRACKING_ENV, "").strip()
+    if env:
+        return env
+    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise TrackingError when a tracking server does not answer or a local store cannot be written."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the user's own server
+                if resp.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix ${TRACKING_ENV}, "
+                f"or unset it to use the local store"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"cannot create the MLflow store folder {folder}: {exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"the MLflow store folder {folder} is not writable")
+
+
+def _quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """One MLflow run, driven through MlflowClient (no global active run, so parallel workers do not collide)."""
+
+    def __init__(self, results_dir: Path, experiment: str, run_name: str, tags: dict[str, str], params: dict):
+        _quiet_mlflow()
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(results_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:///"):
+                location = (results_dir / "mlartifacts").resolve().as_uri()
+            try:
+                exp_id = self.client.create_experiment(experiment, artifact_location=location)
+            except Exception:  # created concurrently by another worker
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        self.experiment = experiment
+        self.run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+        self.run_id = self.run.info.run_id
+        self.log_params(params)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict, tuple)) else str(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def append_record(results_dir: Path, record: dict) -> Path:
+    """Append one JSON line to ``results_dir/results.jsonl`` (locked, flushed; safe with parallel workers)."""
+    path = results_dir / "results.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=str) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return path
+
+
+def read_records(results_dir: Path) -> list[dict]:
+    """Every complete line of results.jsonl (a torn last line from a crash is ignored)."""
+    path = results_dir / "results.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

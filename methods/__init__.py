@@ -1,0 +1,3 @@
+"""Augmentation methods, one file each; importing this package registers them."""
+
+from methods import none  # noqa: F401

@@ -1,0 +1,11 @@
+"""No augmentation: the training set as it is. The reference every other method is compared with."""
+
+from __future__ import annotations
+
+from benchmark.protocols import Method
+from benchmark.registry import METHODS
+
+
+@METHODS.register("none", "no augmentation: the real training patches only (the baseline)")
+class NoAugmentation(Method):
+    name = "none"

@@ -1,0 +1,118 @@
+"""The benchmark's tasks: nsclc (LUAD vs LUSC), uterine (UCEC vs UCS) and heldout (pan-cancer, held-out site x race).
+
+Every task reads its patches from the embedded generator (default) or from a TCGA-UT copy (``data.root`` and
+``data.metadata`` set), and splits them the same way (tasks/splits.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+
+import numpy as np
+
+from benchmark.cache import cached_array
+from benchmark.data import METADATA_COLUMNS, Split
+from benchmark.protocols import Task
+from benchmark.registry import TASKS
+from tasks import splits as splitting
+
+log = logging.getLogger(__name__)
+
+
+class CancerTypeTask(Task):
+    """Classify the cancer type of a patch; the group of a patch is its class x site x race."""
+
+    def load(self) -> Split:
+        """Every patch of the task's classes, images in memory, metadata with METADATA_COLUMNS."""
+        if self.data.source == "tcga-ut":
+            return self._load_tcga_ut()
+        return self._load_embedded()
+
+    def _cache_path(self, kind: str, payload: dict):
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self.cache_dir / "data" / f"{kind}-{self.name}-{digest}.npy"
+
+    def _load_embedded(self) -> Split:
+        from tasks import embedded
+
+        d = self.data
+        spec = embedded.CohortSpec(
+            cancer_types=tuple(self.classes),
+            n_sites=d.sites_per_class * len(self.classes),
+            n_patients=d.patients_per_class * len(self.classes),
+            patches_per_patient=d.patches_per_patient,
+            shortcut_strength=d.shortcut_strength,
+            mixed_site_fraction=d.mixed_site_fraction,
+            seed=d.generator_seed,
+        )
+        cohort = embedded.make_cohort(spec)
+        size = d.image_size
+        path = self._cache_path("embedded", {"spec": asdict(spec), "size": size, "v": embedded.__dict__.get("VERSION")})
+        images = cached_array(
+            path, lambda: embedded.render(cohort, size, d.generator_seed), (len(cohort), size, size, 3), np.uint8
+        )
+        meta = cohort[list(METADATA_COLUMNS)].reset_index(drop=True)
+        return Split(images, meta, "all", {"data_source": "embedded", "cohort": asdict(spec)})
+
+    def _load_tcga_ut(self) -> Split:
+        from tasks import tcga_ut
+
+        d = self.data
+        index, report = tcga_ut.load_index(d.root, d.metadata, cancer_types=list(self.classes))
+        if d.max_patches_per_slide > 0:
+            rng = np.random.default_rng(0)
+            order = rng.permutation(len(index))
+            keep = index.iloc[order].groupby("slide_id", sort=False).head(d.max_patches_per_slide).index
+            index = index.loc[sorted(keep)].reset_index(drop=True)
+        images = tcga_ut.PathImages(index["path"].tolist(), d.image_size, on_error=d.on_error)
+        cache = self.cache_dir / "tcga-ut" if self.cache_dir is not None else None
+        array, good, skipped = tcga_ut.decode_all(images, cache, progress=self.progress)
+        index = index[np.asarray(good)].reset_index(drop=True)
+        info = {"data_source": "tcga-ut", "load_report": report.to_dict(), "skipped_files": [list(s) for s in skipped]}
+        if skipped:
+            log.warning("skipped %d unreadable image(s) under %s (policy skip), e.g. %s", len(skipped), d.root, skipped[0])
+        for cancer_type in self.classes:
+            if not (index["cancer_type"] == cancer_type).any():
+                raise tcga_ut.DataError(f"class {cancer_type!r} has no readable images under {d.root}")
+        return Split(array, index[list(METADATA_COLUMNS)], "all", info)
+
+    def splits(self, seed: int) -> dict[str, Split]:
+        full = self.load()
+        meta = full.metadata.copy()
+        meta["label"] = meta["cancer_type"].map({c: i for i, c in enumerate(self.classes)}).astype("int64")
+        meta["group"] = self.groups(meta)
+        full = Split(full.images, meta, "all", full.info)
+        assignment = splitting.assign_splits(meta, self.split, seed)
+        info = dict(full.info, splits=splitting.describe(meta, assignment, self.split))
+        out = {}
+        for name in ("train", "val", "test_seen", "test_unseen"):
+            part = full.subset((assignment == name).to_numpy(), name)
+            out[name] = Split(part.images, part.metadata, name, info)
+        return out
+
+
+@TASKS.register("nsclc", "non-small-cell lung cancer: LUAD vs LUSC, held-out site x race combinations")
+class NSCLC(CancerTypeTask):
+    name = "nsclc"
+    description = "LUAD vs LUSC"
+    classes = ("LUAD", "LUSC")
+
+
+@TASKS.register("uterine", "uterine cancer: UCEC vs UCS (carcinosarcoma is rare: strong class imbalance)")
+class Uterine(CancerTypeTask):
+    name = "uterine"
+    description = "UCEC vs UCS"
+    classes = ("UCEC", "UCS")
+
+
+@TASKS.register("heldout", "pan-cancer, 8 cancer types, 30% of site x race combinations held out (the FID task)")
+class Heldout(CancerTypeTask):
+    name = "heldout"
+    description = "8-way cancer type, held-out site x race combinations"
+    classes = ("BRCA", "COAD", "KIRC", "LUAD", "LUSC", "PRAD", "UCEC", "UCS")
+
