@@ -71,14 +71,20 @@ class CancerTypeTask(Task):
             index = index.loc[sorted(keep)].reset_index(drop=True)
         images = tcga_ut.PathImages(index["path"].tolist(), d.image_size, on_error=d.on_error)
         cache = self.cache_dir / "tcga-ut" if self.cache_dir is not None else None
-        array, good, skipped = tcga_ut.decode_all(images, cache, progress=self.progress)
+        # bad files are found (and, under on_error=skip, dropped) before any split is made
+        array, good, decoded = tcga_ut.decode_all(images, cache, progress=self.progress)
         index = index[np.asarray(good)].reset_index(drop=True)
-        info = {"data_source": "tcga-ut", "load_report": report.to_dict(), "skipped_files": [list(s) for s in skipped]}
-        if skipped:
-            log.warning("skipped %d unreadable image(s) under %s (policy skip), e.g. %s", len(skipped), d.root, skipped[0])
+        report.record_decode(decoded, index)
+        if decoded.skipped:
+            log.warning(
+                "skipped %d unreadable image(s) under %s (data.on_error=skip), e.g. %s: %s",
+                len(decoded.skipped), d.root, *decoded.skipped[0],
+            )
+        log.info("%s", report.summary())
         for cancer_type in self.classes:
             if not (index["cancer_type"] == cancer_type).any():
                 raise tcga_ut.DataError(f"class {cancer_type!r} has no readable images under {d.root}")
+        info = {"data_source": "tcga-ut", "load_report": report.to_dict(), "n_skipped_files": len(decoded.skipped)}
         return Split(array, index[list(METADATA_COLUMNS)], "all", info)
 
     def splits(self, seed: int) -> dict[str, Split]:

@@ -1,0 +1,201 @@
+"""Shared machinery for methods that train a generative model: model cache, checkpoints, resume, NaN guard, progress.
+
+A trained model lives in ``<cache>/models/<method>/<key>/`` where the key hashes the method's parameters, the
+training split's content and the method's model version; a later run (another seed, a probe change, a report)
+finds ``final.safetensors`` there and skips training. While training, ``ckpt-<step>.pt`` files are written
+atomically every N steps; a killed run resumes from the newest one. Randomness is drawn per step from
+``step_generator(seed, step)``, so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmark.cache import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable checkpoint); the message says what and where."""
+
+
+def model_key(method: str, params: Any, train_fingerprint: str, version: str, extra: dict | None = None) -> str:
+    """Content address of a trained model: parameters, training data and the method's model version."""
+    payload = {
+        "method": method,
+        "params": asdict(params) if is_dataclass(params) else params,
+        "train": train_fingerprint,
+        "version": version,
+        "extra": extra or {},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def step_generator(seed: int, step: int, device: str = "cpu"):
+    """A torch.Generator that depends only on (seed, step): exact resume without saving RNG state."""
+    import torch
+
+    g = torch.Generator(device=device if device in ("cpu", "cuda") else "cpu")
+    g.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+    return g
+
+
+class Checkpoints:
+    """Atomic training checkpoints (torch.save; loaded with ``weights_only=True``) and the final safetensors."""
+
+    FINAL = "final.safetensors"
+
+    def __init__(self, folder: Path, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+
+    @property
+    def final_path(self) -> Path:
+        return self.folder / self.FINAL
+
+    def is_done(self) -> bool:
+        return self.final_path.is_file() and (self.folder / "done.json").is_file()
+
+    def latest(self) -> tuple[int, Path] | None:
+        found = []
+        for p in self.folder.glob("ckpt-*.pt"):
+            try:
+                found.append((int(p.stem.split("-")[1]), p))
+            except (IndexError, ValueError):
+                continue
+        return max(found) if found else None
+
+    def save(self, step: int, state: dict) -> Path:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"ckpt-{step:08d}.pt"
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".ckpt-", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({"step": step, **state}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for _, old in sorted(self._all())[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _all(self) -> list[tuple[int, Path]]:
+        out = []
+        for p in self.folder.glob("ckpt-*.pt"):
+            try:
+                out.append((int(p.stem.split("-")[1]), p))
+            except (IndexError, ValueError):
+                continue
+        return out
+
+    def load(self, path: Path) -> dict:
+        import torch
+
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or foreign file
+            raise TrainingError(f"checkpoint {path} is unreadable ({exc}); delete it to restart from scratch") from None
+
+    def save_final(self, tensors: dict, meta: dict) -> None:
+        """The trained weights (safetensors) and a done marker; checkpoints are then removed."""
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".final-", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+            os.replace(tmp, self.final_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        atomic_write_json(self.folder / "done.json", meta)
+        for _, old in self._all():
+            old.unlink(missing_ok=True)
+
+    def load_final(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.final_path))
+
+
+def train_loop(
+    *,
+    checkpoints: Checkpoints,
+    total_steps: int,
+    step_fn: Callable[[int], dict[str, float]],
+    get_state: Callable[[], dict],
+    set_state: Callable[[dict], None],
+    checkpoint_every: int,
+    desc: str,
+    progress: bool = True,
+    log_metrics: Callable[[dict[str, float], int | None], None] | None = None,
+    log_every: int = 50,
+    on_log: Callable[[int], None] | None = None,
+    stop_after: int | None = None,
+) -> int:
+    """Run ``step_fn(step)`` for steps [resume point, total_steps): resume, checkpoints, NaN guard, progress bar.
+
+    ``step_fn`` returns at least ``loss`` and ``images`` (batch size). A non-finite loss raises TrainingError and
+    keeps the last good checkpoint. ``stop_after`` ends the loop early after that many steps (used by tests to
+    simulate an interruption). Returns the step reached.
+    """
+    from tqdm.auto import tqdm
+
+    # 1. resume
+    start = 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = checkpoints.load(latest[1])
+        set_state(state)
+        start = int(state["step"])
+        log.info("%s: resuming from %s (step %d of %d)", desc, latest[1].name, start, total_steps)
+    # 2. the loop
+    bar = tqdm(total=total_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
+    t_last, images_since, loss_sum, n_loss = time.time(), 0, 0.0, 0
+    step = start
+    try:
+        for step in range(start, total_steps):
+            out = step_fn(step)
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                last = checkpoints.latest()
+                where = f"last good checkpoint: {last[1]} (step {last[0]})" if last else "no checkpoint yet"
+                raise TrainingError(f"{desc}: non-finite loss ({loss}) at step {step}; training stopped, {where}")
+            images_since += int(out.get("images", 0))
+            loss_sum, n_loss = loss_sum + loss, n_loss + 1
+            done = step + 1
+            # 3. progress and logs
+            if done % log_every == 0 or done == total_steps:
+                dt = max(time.time() - t_last, 1e-9)
+                rate = images_since / dt
+                metrics = {"train/loss": loss_sum / n_loss, "train/images_per_s": rate}
+                metrics.update({f"train/{k}": float(v) for k, v in out.items() if k not in ("loss", "images")})
+                bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", img_s=f"{rate:.0f}")
+                if log_metrics is not None:
+                    log_metrics(metrics, done)
+                if on_log is not None:
+                    on_log(done)
+                t_last, images_since, loss_sum, n_loss = time.time(), 0, 0.0, 0
+            bar.update(1)
+            # 4. checkpoints
+            if done % checkpoint_every == 0 and done < total_steps:
+                checkpoints.save(done, get_state())
+            if stop_after is not None and done - start >= stop_after:
+                return done
+        return total_steps
+    finally:
+        bar.close()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set-up for MeDiBench, idempotent: a virtual environment in .venv with medibench installed in editable mode,
+# torch pinned to the CPU wheel by constraints.txt. With --test: the test extras, plus the test-only data
+# (a real H&E image from the tiatoolbox wheel, fetched without its dependencies).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+extras=""
+test_mode=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) test_mode=1; extras="[test]" ;;
+    *) echo "usage: scripts/setup.sh [--test]" >&2; exit 2 ;;
+  esac
+done
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".${extras}"
+if [ "$test_mode" = 1 ]; then
+  .venv/bin/python tests/real_he.py >/dev/null
+fi
+echo "medibench set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
