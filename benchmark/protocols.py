@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import pandas as pd
 
 from benchmark.config import DataConfig, SplitConfig
@@ -88,3 +89,11 @@ class Method:
     def transform_eval(self, split: Split, ctx: Context) -> Split:
         """Applied to val and test splits before evaluation; identity by default."""
         return split
+
+    def synthesize(self, conditions: pd.DataFrame, ctx: Context) -> np.ndarray:
+        """Generative methods: uint8 N x H x W x 3 images for the metadata rows ``conditions`` (after fit).
+
+        Used by augment() with the generation plan's rows, and by the runner's FID evaluation with the metadata
+        of real held-out patches (so synthetic and real images of the same class, site and race are compared).
+        """
+        raise NotImplementedError(f"method {self.name!r} does not synthesize images")
