@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; unfinished ones have no record and will be redone", file=sys.stderr)
+        print("interrupted: finished runs are kept; unfinished ones have no record and are redone", file=sys.stderr)
         return 130
     except Exception as exc:  # a user-facing failure: data, tracking, run
         if _is_user_error(exc):

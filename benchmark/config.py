@@ -82,10 +82,11 @@ PRESETS: dict[str, Preset] = {
             "smoke",
             "seconds: tiny data and models; what CI and the ordinary tests run",
             DataConfig(image_size=32, sites_per_class=6, patients_per_class=36, patches_per_patient=4),
+            probe=ProbeConfig(min_group_size=4),
         ),
         Preset(
             "cpu",
-            "default without a GPU: 32 px, ~1 M-parameter models; one task's generative model within ~20 min on 2 cores",
+            "default without a GPU: 32 px, ~1 M-parameter models; a generative model in ~20 min on 2 cores",
             DataConfig(image_size=32),
         ),
         Preset(

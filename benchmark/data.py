@@ -8,8 +8,9 @@ inside a method, only at Splits.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,7 @@ class ImageSource(Protocol):
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray: ...
 
-    def take(self, indices: np.ndarray) -> "ImageSource": ...
+    def take(self, indices: np.ndarray) -> ImageSource: ...
 
     def fingerprint(self) -> str:
         """A short content hash (e.g. of paths, sizes and mtimes) that changes when the images change."""
@@ -86,7 +87,7 @@ class Split:
     def labels(self) -> np.ndarray:
         return self.metadata["label"].to_numpy(dtype=np.int64)
 
-    def subset(self, index: np.ndarray | pd.Series, name: str | None = None) -> "Split":
+    def subset(self, index: np.ndarray | pd.Series, name: str | None = None) -> Split:
         """Rows selected by a boolean mask or integer positions; images stay lazy when they were."""
         idx = np.asarray(index)
         if idx.dtype == bool:
@@ -95,13 +96,13 @@ class Split:
         meta = self.metadata.iloc[idx].reset_index(drop=True)
         return Split(images, meta, name or self.name, dict(self.info))
 
-    def load(self) -> "Split":
+    def load(self) -> Split:
         """The same split with its images read into memory."""
         if isinstance(self.images, np.ndarray):
             return self
         return Split(materialize(self.images), self.metadata, self.name, dict(self.info))
 
-    def with_images(self, images: np.ndarray, name: str | None = None) -> "Split":
+    def with_images(self, images: np.ndarray, name: str | None = None) -> Split:
         """Same metadata, new pixels (e.g. stain-normalized)."""
         return Split(images, self.metadata, name or self.name, dict(self.info))
 

@@ -11,14 +11,12 @@ import hashlib
 import math
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmark.config import ConfigError, ProbeConfig
 from benchmark.registry import ENCODERS
-
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +138,7 @@ class FilterBankEncoder(Encoder):
         grey = x.mean(1, keepdim=True)
         gx, gy = grey[..., :, 1:] - grey[..., :, :-1], grey[..., 1:, :] - grey[..., :-1, :]
         residual = grey - F.avg_pool2d(grey, 3, stride=1, padding=1, count_include_pad=False)
-        scanner = [gx.abs().mean((1, 2, 3))[:, None], gy.abs().mean((1, 2, 3))[:, None], residual.std((1, 2, 3))[:, None]]
+        scanner = [t[:, None] for t in (gx.abs().mean((1, 2, 3)), gy.abs().mean((1, 2, 3)), residual.std((1, 2, 3)))]
         feats = torch.cat([*colour, *texture, *scanner], dim=1)
         return feats.float().cpu().numpy()
 
@@ -198,7 +196,8 @@ class TimmEncoder(Encoder):
         if missing or unexpected:
             raise ConfigError(
                 f"encoder {name!r}: weights file {weights} does not fit {model_name}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
         self.model.eval().requires_grad_(False)
         cfg = self.model.pretrained_cfg

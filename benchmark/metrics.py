@@ -65,6 +65,31 @@ def site_averaged_balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, site
     return float(np.mean(values))
 
 
+ALIGNED, MISALIGNED, MIXED, UNSEEN_SITE = "aligned", "misaligned", "mixed", "unseen_site"
+
+
+def site_alignment(
+    train_sites: np.ndarray, train_labels: np.ndarray, sites: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """Whether each patch's class is what its site mostly sent in training (the shortcut's answer).
+
+    ``aligned``: the site's training share of the patch's class is >= 2/3; ``misaligned``: <= 1/3; ``mixed``:
+    between; ``unseen_site``: the site has no training patch. A probe that reads site style does well on aligned
+    patches and badly on misaligned ones.
+    """
+    train = pd.DataFrame({"site": np.asarray(train_sites, dtype=object), "label": np.asarray(train_labels)})
+    share = train.groupby("site")["label"].value_counts(normalize=True)
+    totals = set(train["site"])
+    out = np.empty(len(sites), dtype=object)
+    for i, (site, label) in enumerate(zip(np.asarray(sites, dtype=object), np.asarray(labels), strict=True)):
+        if site not in totals:
+            out[i] = UNSEEN_SITE
+            continue
+        p = float(share.get((site, label), 0.0))
+        out[i] = ALIGNED if p >= 2 / 3 else MISALIGNED if p <= 1 / 3 else MIXED
+    return out
+
+
 def evaluate(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -72,8 +97,13 @@ def evaluate(
     sites: np.ndarray,
     n_classes: int,
     min_group_size: int,
+    alignment: np.ndarray | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
-    """All metrics of one split: (scalar metrics, per-group table, confusion matrix)."""
+    """All metrics of one split: (scalar metrics, per-group table, confusion matrix).
+
+    With ``alignment`` (from site_alignment): accuracy on site-aligned and site-misaligned patches and their
+    difference, ``shortcut_gap`` (large when the classifier reads the site instead of the tissue).
+    """
     table = group_table(y_true, y_pred, groups, min_group_size)
     metrics = {
         "n": float(len(y_true)),
@@ -85,6 +115,13 @@ def evaluate(
         "n_groups": float(len(table)),
         "n_groups_flagged": float(table["flagged"].sum()) if len(table) else 0.0,
     }
+    if alignment is not None:
+        correct = np.asarray(y_true) == np.asarray(y_pred)
+        for status in (ALIGNED, MISALIGNED, UNSEEN_SITE):
+            mask = alignment == status
+            metrics[f"{status}_accuracy"] = float(correct[mask].mean()) if mask.any() else NAN
+            metrics[f"n_{status}"] = float(mask.sum())
+        metrics["shortcut_gap"] = metrics["aligned_accuracy"] - metrics["misaligned_accuracy"]
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n_classes))) if len(y_true) else np.zeros(
         (n_classes, n_classes), dtype=int
     )

@@ -198,7 +198,7 @@ class _RunLock:
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
 
-    def __enter__(self) -> "_RunLock":
+    def __enter__(self) -> _RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -208,7 +208,9 @@ class _RunLock:
                 return self
             except FileExistsError:
                 if not self._stale():
-                    raise RunError(f"run {self.path.parent} is being computed by another process ({self._owner()})")
+                    raise RunError(
+                        f"run {self.path.parent} is being computed by another process ({self._owner()})"
+                    ) from None
                 self.path.unlink(missing_ok=True)
         raise RunError(f"could not claim {self.path}")
 
@@ -357,22 +359,27 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
     }
     groups: dict[str, list[dict]] = {}
     predictions = []
+    real_train = splits["train"].metadata
     for name, split in evals.items():
         x = embed_split(encoder, split, cache_dir, cfg.device, cfg.probe.batch_size)
         y = split.labels
         prob = probe.predict_proba(x) if len(split) else np.zeros((0, len(task.classes)))
         pred = prob.argmax(axis=1) if len(split) else np.zeros(0, dtype=int)
+        sites = split.metadata["tissue_source_site"].to_numpy()
+        alignment = M.site_alignment(real_train["tissue_source_site"], real_train["label"], sites, y)
         values, table, cm = M.evaluate(
-            y, pred, split.metadata["group"], split.metadata["tissue_source_site"].to_numpy(), len(task.classes),
-            cfg.probe.min_group_size,
+            y, pred, split.metadata["group"], sites, len(task.classes), cfg.probe.min_group_size, alignment
         )
         metrics.update({f"{name}/{k}": v for k, v in values.items()})
         groups[name] = table.to_dict(orient="records")
         table.to_csv(run_dir / f"groups_{name}.csv", index=False)
-        cm_frame = pd.DataFrame(cm, index=[f"true_{c}" for c in task.classes], columns=[f"pred_{c}" for c in task.classes])
+        cm_frame = pd.DataFrame(
+            cm, index=[f"true_{c}" for c in task.classes], columns=[f"pred_{c}" for c in task.classes]
+        )
         cm_frame.to_csv(run_dir / f"confusion_{name}.csv")
         frame = split.metadata[["patient_id", "tissue_source_site", "race", "group", "label"]].copy()
         frame.insert(0, "split", name)
+        frame["alignment"] = alignment
         frame["pred"] = pred
         for i, c in enumerate(task.classes):
             frame[f"p_{c}"] = prob[:, i] if len(split) else []

