@@ -1,4 +1,7 @@
 """Augmentation methods, one file each; importing this package registers them."""
 
-from methods import none  # noqa: F401
-from methods import stain_norm  # noqa: F401
+from methods import (
+    diffusion,  # noqa: F401  (medi, cls)
+    none,  # noqa: F401
+    stain_norm,  # noqa: F401
+)

@@ -1,0 +1,605 @@
+"""Diffusion augmentation: MeDi (class + metadata conditioning) and CLS (class only), on diffusers.
+
+One method registered twice. A pixel-space ``UNet2DModel`` with ``class_embed_type="identity"`` receives a
+conditioning vector ``z_cond`` that it adds to its timestep embedding (``z_final = z_t + z_cond``). ``z_cond`` is
+built by :class:`ConditionEncoder` from learned embeddings of the class and of k metadata attributes:
+
+- ``concat`` (the paper's, default): the class gets d_t/(1+k) dimensions plus the remainder, each attribute
+  d_t/(1+k); the pieces are concatenated to width d_t;
+- ``additive``: every embedding is d_t wide and they are summed;
+- ``linear``: the concatenation is passed through a learned linear map d_t -> d_t.
+
+Categorical vocabularies come from the training metadata plus ``Unknown``; numeric attributes (age) go through a
+sinusoidal encoding and a linear layer. ``cls`` is exactly this model with k = 0.
+
+Training follows the authors' recipe (DDPM 1000 steps, linear betas, epsilon MSE; AdamW betas (0.95, 0.999),
+weight decay 1e-6, cosine schedule with warm-up, gradient clipping 1.0, EMA, class-balanced sampling), runs
+through accelerate (device placement, mixed precision, ``accelerate launch`` for several GPUs), and is cached by a
+hash of the training parameters and the training data, so later seeds only sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmark.data import UNKNOWN, Split, concat
+from benchmark.generation import class_totals, expand_plan, generation_plan
+from benchmark.protocols import Context, Method
+from benchmark.registry import METHODS
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION = "diffusion-v1"  # bump when a change makes cached models invalid
+NUMERIC = ("age_at_index",)
+CATEGORICAL = ("tissue_source_site", "race", "gender")
+
+
+@dataclass(frozen=True)
+class DiffusionParams:
+    """Every hyperparameter of the diffusion methods (cpu-preset defaults; see ``PRESETS``)."""
+
+    # conditioning
+    attributes: tuple[str, ...] = ("tissue_source_site", "race")  # () = class only (cls)
+    cond_mode: str = "concat"  # concat | additive | linear
+    cond_dropout: float = 0.0  # > 0 trains for classifier-free guidance (each condition dropped with this rate)
+    # UNet
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: bool = False  # self-attention in the lowest-resolution blocks
+    norm_num_groups: int = 32
+    # training
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 5e-4
+    adam_beta1: float = 0.95
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-6
+    warmup_fraction: float = 0.01
+    grad_clip: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.999
+    mixed_precision: str = "auto"  # auto (bf16 where it is faster), no, bf16, fp16
+    num_train_timesteps: int = 1000
+    flips: bool = True  # random flips and 90-degree rotations (histology has no orientation)
+    checkpoint_every: int = 500
+    train_seed: int = 0
+    # sampling and the generation plan (not part of the trained model's cache key)
+    sampler: str = "ddim"  # ddim | dpmpp (DPM-Solver++)
+    sampling_steps: int = 50
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off (the paper)
+    sample_batch_size: int = 128
+    plan: str = "fill"  # fill (counterfactual combinations, the paper's OOD mode) | balance
+    synthetic_ratio: float = 1.0  # synthetic patches per real training patch
+    fid_max_per_class: int = 256  # cap on generated images per class for the FID evaluation
+
+
+SAMPLING_FIELDS = frozenset(
+    {"sampler", "sampling_steps", "guidance_scale", "sample_batch_size", "plan", "synthetic_ratio", "fid_max_per_class"}
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        block_out_channels=(16, 32), norm_num_groups=8, steps=12, batch_size=16, checkpoint_every=6,
+        sampling_steps=4, sample_batch_size=64, synthetic_ratio=0.5, fid_max_per_class=16, ema_decay=0.9,
+    ),
+    "cpu": {},
+    "gpu": dict(
+        block_out_channels=(64, 128, 256, 256), layers_per_block=2, attention=True, steps=60_000, lr=2e-4,
+        checkpoint_every=5000, ema_decay=0.9999, fid_max_per_class=1000,
+    ),
+    "paper": dict(
+        block_out_channels=(128, 256, 512, 512, 1024, 1024), layers_per_block=2, attention=False, steps=800_000,
+        batch_size=32, lr=1e-4, ema_decay=0.9999, mixed_precision="fp16", checkpoint_every=10_000,
+        fid_max_per_class=5000,
+    ),
+}
+
+
+def validate(p: DiffusionParams) -> None:
+    """Fail loudly on values the model cannot use."""
+    from benchmark.config import ConfigError
+
+    checks = [
+        (p.cond_mode in ("concat", "additive", "linear"), "method.cond_mode", p.cond_mode, "concat, additive, linear"),
+        (p.sampler in ("ddim", "dpmpp"), "method.sampler", p.sampler, "ddim or dpmpp"),
+        (p.plan in ("fill", "balance"), "method.plan", p.plan, "fill or balance"),
+        (p.mixed_precision in ("auto", "no", "bf16", "fp16"), "method.mixed_precision", p.mixed_precision,
+         "auto, no, bf16, fp16"),
+        (all(a in (*CATEGORICAL, *NUMERIC) for a in p.attributes), "method.attributes", p.attributes,
+         f"a subset of {(*CATEGORICAL, *NUMERIC)}"),
+        (len(set(p.attributes)) == len(p.attributes), "method.attributes", p.attributes, "no repeats"),
+        (all(c % p.norm_num_groups == 0 for c in p.block_out_channels), "method.norm_num_groups", p.norm_num_groups,
+         f"a divisor of every block_out_channels entry {p.block_out_channels}"),
+        (p.steps > 0 and p.batch_size > 0, "method.steps/batch_size", (p.steps, p.batch_size), "> 0"),
+        (0.0 <= p.cond_dropout < 1.0, "method.cond_dropout", p.cond_dropout, "in [0, 1)"),
+        (p.guidance_scale == 1.0 or p.cond_dropout > 0, "method.guidance_scale", p.guidance_scale,
+         "1.0 unless the model was trained with method.cond_dropout > 0"),
+        (p.sampling_steps >= 1, "method.sampling_steps", p.sampling_steps, ">= 1"),
+        (p.synthetic_ratio >= 0, "method.synthetic_ratio", p.synthetic_ratio, ">= 0"),
+    ]
+    for ok, key, value, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conditioning
+
+
+def concat_widths(d_t: int, k: int) -> list[int]:
+    """Widths of the class and k attribute embeddings in concat mode: d_t/(1+k) each, the remainder to the class."""
+    base = d_t // (1 + k)
+    return [d_t - base * k] + [base] * k
+
+
+def _torch_modules():
+    import torch
+    from torch import nn
+
+    class SinusoidalEncoding(nn.Module):
+        """A number (e.g. age in years) -> sin/cos features at geometric frequencies; NaN -> a learned token."""
+
+        def __init__(self, width: int, scale: float = 100.0):
+            super().__init__()
+            half = max(1, width // 2)
+            self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half) / half) * 1000 / scale)
+            self.proj = nn.Linear(2 * half, width)
+            self.unknown = nn.Parameter(torch.zeros(width))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            nan = torch.isnan(x)
+            arg = torch.nan_to_num(x, 0.0)[:, None] * self.freqs[None]
+            out = self.proj(torch.cat([arg.sin(), arg.cos()], dim=1))
+            return torch.where(nan[:, None], self.unknown.expand_as(out), out)
+
+    class ConditionEncoder(nn.Module):
+        """Class + metadata -> z_cond of width d_t (concat / additive / linear)."""
+
+        def __init__(self, n_classes: int, vocabularies: dict[str, list[str]], numeric: list[str], d_t: int,
+                     mode: str):
+            super().__init__()
+            self.mode = mode
+            self.categorical = list(vocabularies)
+            self.numeric = list(numeric)
+            k = len(self.categorical) + len(self.numeric)
+            widths = concat_widths(d_t, k) if mode in ("concat", "linear") else [d_t] * (1 + k)
+            # one extra index per table: the "dropped" token for classifier-free guidance
+            self.class_embedding = nn.Embedding(n_classes + 1, widths[0])
+            self.attribute_embeddings = nn.ModuleDict(
+                {a: nn.Embedding(len(v) + 1, w) for (a, v), w in zip(vocabularies.items(), widths[1:], strict=False)}
+            )
+            self.numeric_encoders = nn.ModuleDict(
+                {a: SinusoidalEncoding(w) for a, w in zip(self.numeric, widths[1 + len(self.categorical):],
+                                                           strict=True)}
+            )
+            self.linear = nn.Linear(d_t, d_t) if mode == "linear" else None
+            self.d_t = d_t
+
+        def forward(self, labels: torch.Tensor, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+            parts = [self.class_embedding(labels)]
+            parts += [self.attribute_embeddings[a](codes[a]) for a in self.categorical]
+            parts += [self.numeric_encoders[a](codes[a]) for a in self.numeric]
+            if self.mode == "additive":
+                return torch.stack(parts).sum(0)
+            z = torch.cat(parts, dim=1)
+            return self.linear(z) if self.linear is not None else z
+
+    return SinusoidalEncoding, ConditionEncoder
+
+
+class Vocabulary:
+    """Categorical attribute values seen in training, plus ``Unknown``; unseen values map to ``Unknown``."""
+
+    def __init__(self, values: dict[str, list[str]]):
+        self.values = {a: sorted(set(v) - {UNKNOWN}) + [UNKNOWN] for a, v in values.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: pd.DataFrame, attributes: list[str]) -> Vocabulary:
+        return cls({a: meta[a].astype(str).tolist() for a in attributes})
+
+    def encode(self, attribute: str, values: pd.Series) -> np.ndarray:
+        index = {v: i for i, v in enumerate(self.values[attribute])}
+        unknown = index[UNKNOWN]
+        return np.array([index.get(str(v), unknown) for v in values], dtype=np.int64)
+
+    def dropped(self, attribute: str) -> int:
+        """Index of the classifier-free-guidance token (one past the vocabulary)."""
+        return len(self.values[attribute])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the method
+
+
+def resolve_mixed_precision(setting: str, device: str) -> str:
+    """auto -> bf16 on a CPU with native bf16 (measured faster here), fp16/bf16 on CUDA, no elsewhere."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    if device == "cpu":
+        return "bf16" if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else "no"
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def make_accelerator(precision: str, device: str):
+    """An Accelerator for this training run. accelerate keeps one process-wide state; a single-process run that asks
+    for another precision than the previous run (sweeps, tests) resets it. Under ``accelerate launch`` the
+    launcher's settings stand and a mismatch is an error."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", precision) != precision:
+        if AcceleratorState().num_processes > 1:
+            raise ValueError(
+                f"accelerate was launched with mixed_precision={state.get('_mixed_precision')!r}, the run asks "
+                f"for {precision!r}: set method.mixed_precision to match the launch config"
+            )
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=precision, cpu=device == "cpu")
+
+
+class DiffusionModel:
+    """The trained pieces: UNet, condition encoder, vocabulary, noise schedule config; sampling lives here too."""
+
+    def __init__(self, params: DiffusionParams, classes: list[str], vocab: Vocabulary, image_size: int):
+        import torch
+
+        from benchmark._compat import ensure_torchvision
+
+        ensure_torchvision()
+        from diffusers import UNet2DModel
+
+        _, ConditionEncoder = _torch_modules()
+        self.params = params
+        self.classes = list(classes)
+        self.vocab = vocab
+        self.image_size = image_size
+        self.numeric = [a for a in params.attributes if a in NUMERIC]
+        self.d_t = params.block_out_channels[0] * 4  # UNet2DModel's time-embedding width
+        n = len(params.block_out_channels)
+        down, up = ["DownBlock2D"] * n, ["UpBlock2D"] * n
+        if params.attention:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        vocabularies = {a: vocab.values[a] for a in params.attributes if a not in NUMERIC}
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on train_seed only
+            torch.manual_seed(params.train_seed)
+            self.unet = UNet2DModel(
+                sample_size=image_size,
+                in_channels=3,
+                out_channels=3,
+                block_out_channels=tuple(params.block_out_channels),
+                layers_per_block=params.layers_per_block,
+                down_block_types=tuple(down),
+                up_block_types=tuple(up),
+                add_attention=params.attention,
+                norm_num_groups=params.norm_num_groups,
+                class_embed_type="identity",
+            )
+            self.cond = ConditionEncoder(len(classes), vocabularies, self.numeric, self.d_t, params.cond_mode)
+
+    # -- conditioning tensors
+    def codes(self, meta: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown_classes = sorted(set(meta["cancer_type"]) - set(index))
+        if unknown_classes:
+            raise ValueError(f"cannot condition on classes {unknown_classes}: the model knows {self.classes}")
+        labels = meta["cancer_type"].map(index).to_numpy(dtype=np.int64)
+        codes: dict[str, np.ndarray] = {}
+        for a in self.params.attributes:
+            if a in NUMERIC:
+                codes[a] = pd.to_numeric(meta[a], errors="coerce").to_numpy(dtype=np.float32)
+            else:
+                codes[a] = self.vocab.encode(a, meta[a])
+        return labels, codes
+
+    def dropped_codes(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        labels = np.full(n, len(self.classes), dtype=np.int64)
+        codes = {
+            a: (np.full(n, np.nan, np.float32) if a in NUMERIC else np.full(n, self.vocab.dropped(a), np.int64))
+            for a in self.params.attributes
+        }
+        return labels, codes
+
+    def z_cond(self, labels, codes, device):
+        import torch
+
+        t_labels = torch.tensor(labels, device=device)
+        t_codes = {a: torch.tensor(v, device=device) for a, v in codes.items()}
+        return self.cond(t_labels, t_codes)
+
+    def modules(self):
+        return [self.unet, self.cond]
+
+    def state_tensors(self) -> dict:
+        out = {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
+        out.update({f"cond.{k}": v for k, v in self.cond.state_dict().items()})
+        return out
+
+    def load_tensors(self, tensors: dict) -> None:
+        self.unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        self.cond.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("cond.")})
+
+    def predict(self, x, t, z):
+        return self.unet(x, t, class_labels=z).sample
+
+    # -- sampling
+    def scheduler(self, sampler: str):
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+        ddpm = DDPMScheduler(num_train_timesteps=self.params.num_train_timesteps, beta_schedule="linear")
+        if sampler == "ddim":
+            return DDIMScheduler.from_config(ddpm.config)
+        return DPMSolverMultistepScheduler.from_config(ddpm.config, algorithm_type="dpmsolver++", solver_order=2)
+
+    def sample(self, meta: pd.DataFrame, device: str, seed: int, progress: bool = False) -> np.ndarray:
+        """uint8 N x H x W x 3 images conditioned on the rows of ``meta``."""
+        import torch
+        from tqdm.auto import tqdm
+
+        p = self.params
+        n = len(meta)
+        out = np.zeros((n, self.image_size, self.image_size, 3), dtype=np.uint8)
+        if n == 0:
+            return out
+        labels, codes = self.codes(meta)
+        guided = p.guidance_scale != 1.0
+        precision = resolve_mixed_precision(p.mixed_precision, device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        for m in self.modules():
+            m.to(device).eval()
+        bar = tqdm(total=n, desc=f"sampling ({p.sampler}, {p.sampling_steps} steps)", disable=not progress,
+                   leave=False)
+        with torch.inference_mode():
+            for start in range(0, n, p.sample_batch_size):
+                stop = min(n, start + p.sample_batch_size)
+                b = stop - start
+                gen = torch.Generator("cpu").manual_seed(seed * 7919 + start)
+                x = torch.randn((b, 3, self.image_size, self.image_size), generator=gen).to(device)
+                z = self.z_cond(labels[start:stop], {a: v[start:stop] for a, v in codes.items()}, device)
+                if guided:
+                    dl, dc = self.dropped_codes(b)
+                    z = torch.cat([z, self.z_cond(dl, dc, device)])
+                sched = self.scheduler(p.sampler)
+                sched.set_timesteps(p.sampling_steps, device=device)
+                for t in sched.timesteps:
+                    xin = torch.cat([x, x]) if guided else x
+                    with torch.autocast(device_type=device if device != "mps" else "cpu", dtype=dtype,
+                                        enabled=dtype is not None):
+                        eps = self.predict(xin, t, z).float()
+                    if guided:
+                        cond, uncond = eps.chunk(2)
+                        eps = uncond + p.guidance_scale * (cond - uncond)
+                    x = sched.step(eps, t, x).prev_sample
+                img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                out[start:stop] = img
+                bar.update(b)
+        bar.close()
+        return out
+
+
+def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, stop_after: int | None = None) -> dict:
+    """Train ``model`` on ``train`` (resuming from ``ckpt``), save the final weights, return training stats.
+
+    ``stop_after`` ends training early after that many steps without saving final weights (an interruption).
+    """
+    import time
+
+    import torch
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    from benchmark.training import step_generator, train_loop
+
+    p = model.params
+    # 1. accelerate: device placement and mixed precision (bf16 autocast on CPU where it is faster)
+    precision = resolve_mixed_precision(p.mixed_precision, ctx.device)
+    accelerator = make_accelerator(precision, ctx.device)
+    device = accelerator.device
+    torch.manual_seed(p.train_seed)
+    params = [q for m in model.modules() for q in m.parameters()]
+    optimizer = torch.optim.AdamW(
+        params, lr=p.lr, betas=(p.adam_beta1, p.adam_beta2), weight_decay=p.weight_decay,
+        foreach=True,
+    )
+    lr_sched = get_cosine_schedule_with_warmup(optimizer, max(1, int(p.warmup_fraction * p.steps)), p.steps)
+    unet, cond, optimizer, lr_sched = accelerator.prepare(model.unet, model.cond, optimizer, lr_sched)
+    ema = EMAModel(params, decay=p.ema_decay, foreach=True) if p.ema else None
+    noise_sched = DDPMScheduler(num_train_timesteps=p.num_train_timesteps, beta_schedule="linear")
+    alphas = noise_sched.alphas_cumprod.to(device)
+    # 2. data in memory as uint8; class-balanced sampling weights (1 / count(class))
+    images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
+    labels, codes = model.codes(train.metadata)
+    counts = np.bincount(labels, minlength=len(model.classes)).astype(np.float64)
+    weights = torch.as_tensor(1.0 / np.maximum(counts[labels], 1.0))
+    drop_labels, drop_codes = model.dropped_codes(len(labels))
+
+    def batch(step: int):
+        g = step_generator(p.train_seed, step)
+        idx = torch.multinomial(weights, p.batch_size, replacement=True, generator=g)
+        x = images[idx].float().div_(127.5).sub_(1.0)
+        if p.flips:
+            k = int(torch.randint(0, 4, (1,), generator=g))
+            x = torch.rot90(x, k, dims=(2, 3))
+            flip = torch.rand(p.batch_size, generator=g) < 0.5
+            x[flip] = x[flip].flip(3)
+        lab = labels[idx.numpy()]
+        cod = {a: v[idx.numpy()] for a, v in codes.items()}
+        if p.cond_dropout > 0:  # classifier-free guidance: drop each condition independently
+            drop = torch.rand(1 + len(cod), p.batch_size, generator=g).numpy() < p.cond_dropout
+            lab = np.where(drop[0], drop_labels[: p.batch_size], lab)
+            cod = {a: np.where(drop[i + 1], drop_codes[a][: p.batch_size], v) for i, (a, v) in enumerate(cod.items())}
+        noise = torch.randn(x.shape, generator=g)
+        t = torch.randint(0, p.num_train_timesteps, (p.batch_size,), generator=g)
+        return x.to(device), lab, cod, noise.to(device), t.to(device)
+
+    # 3. one optimisation step
+    def step_fn(step: int) -> dict[str, float]:
+        unet.train()
+        cond.train()
+        x, lab, cod, noise, t = batch(step)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x + (1 - a).sqrt() * noise
+        with accelerator.autocast():
+            z = cond(torch.tensor(lab, device=device), {k: torch.tensor(v, device=device) for k, v in cod.items()})
+            pred = unet(noisy, t, class_labels=z).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        value = loss.item()
+        if not math.isfinite(value):
+            return {"loss": value, "images": p.batch_size}
+        accelerator.backward(loss)
+        if p.grad_clip > 0:
+            accelerator.clip_grad_norm_(params, p.grad_clip)
+        optimizer.step()
+        lr_sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
+        return {"loss": value, "images": p.batch_size, "lr": lr_sched.get_last_lr()[0]}
+
+    def get_state() -> dict:
+        state = {
+            "unet": accelerator.unwrap_model(unet).state_dict(),
+            "cond": accelerator.unwrap_model(cond).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_sched.state_dict(),
+        }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        return state
+
+    def set_state(state: dict) -> None:
+        accelerator.unwrap_model(unet).load_state_dict(state["unet"])
+        accelerator.unwrap_model(cond).load_state_dict(state["cond"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+
+    # 4. the loop (resume, checkpoints, NaN guard, progress), then the EMA weights become the model
+    started = time.time()
+    reached = train_loop(
+        checkpoints=ckpt,
+        total_steps=p.steps,
+        step_fn=step_fn,
+        get_state=get_state,
+        set_state=set_state,
+        checkpoint_every=p.checkpoint_every,
+        desc=f"{ctx.task.name}: training {'medi' if p.attributes else 'cls'} ({precision})",
+        progress=ctx.progress,
+        log_metrics=ctx.log_metrics,
+        log_every=max(1, min(50, p.steps // 10)),
+        stop_after=stop_after,
+    )
+    if reached < p.steps:
+        ckpt.save(reached, get_state())
+        return {"stopped_at": reached}
+    if ema is not None:
+        ema.copy_to(params)
+    model.unet = accelerator.unwrap_model(unet).float()
+    model.cond = accelerator.unwrap_model(cond).float()
+    ckpt.save_final(model.state_tensors(), {"steps": p.steps, "precision": precision})
+    return {"train_seconds": round(time.time() - started, 1), "train_steps": p.steps, "precision": precision}
+
+
+class DiffusionMethod(Method):
+    """Shared by medi and cls: fit (or load the cached model), then synthesize the generation plan."""
+
+    Params = DiffusionParams
+    default_attributes: tuple[str, ...] = ("tissue_source_site", "race")
+
+    def __init__(self, params: DiffusionParams | None = None):
+        super().__init__(params or self.default_params("cpu"))
+        validate(self.params)
+        self.model: DiffusionModel | None = None
+
+    @classmethod
+    def default_params(cls, preset: str) -> DiffusionParams:
+        base = DiffusionParams(attributes=cls.default_attributes)
+        return replace(base, **PRESETS.get(preset, {}))
+
+    @property
+    def generative(self) -> bool:
+        return True
+
+    def training_params(self) -> dict:
+        return {k: v for k, v in asdict(self.params).items() if k not in SAMPLING_FIELDS}
+
+    # 1. fit
+    def fit(self, train: Split, ctx: Context) -> None:
+        from benchmark.training import Checkpoints, model_key
+
+        attrs = [a for a in self.params.attributes if a not in NUMERIC]
+        vocab = Vocabulary.from_metadata(train.metadata, attrs)
+        classes = list(ctx.task.classes)
+        key = model_key(self.name, self.training_params(), train.fingerprint(), MODEL_VERSION,
+                        {"classes": classes, "device_kind": "gpu" if ctx.device == "cuda" else ctx.device})
+        folder = ctx.cache_dir / "models" / "diffusion" / key
+        ckpt = Checkpoints(folder)
+        self.model = DiffusionModel(self.params, classes, vocab, train.image_size)
+        ctx.report["model_dir"] = str(folder)
+        ctx.report["model_parameters"] = sum(p.numel() for m in self.model.modules() for p in m.parameters())
+        if ckpt.is_done():
+            self.model.load_tensors(ckpt.load_final())
+            ctx.report["model_reused"] = True
+            log.info("%s: reusing trained model %s", self.name, folder)
+            return
+        ctx.report["model_reused"] = False
+        stats = train_diffusion(self.model, train.load(), ckpt, ctx)
+        ctx.report.update(stats)
+
+    # 2. augment with the generation plan
+    def plan(self, train: Split, ctx: Context) -> pd.DataFrame:
+        p = self.params
+        classes = list(ctx.task.classes)
+        # cls generates the same number per class as medi would, so the two differ only in conditioning
+        keys = [a for a in (self.params.attributes or MeDi.default_attributes) if a not in NUMERIC]
+        plan = generation_plan(train.metadata, classes, keys, p.plan, p.synthetic_ratio, ctx.seed)
+        if not self.params.attributes:
+            return class_totals(plan, classes)
+        return plan
+
+    def augment(self, train: Split, ctx: Context) -> Split:
+        plan = self.plan(train, ctx)
+        rows = expand_plan(plan, train.metadata, self.name, ctx.seed)
+        ctx.report["n_synthetic"] = len(rows)
+        ctx.report["plan"] = plan.to_dict(orient="records")[:200]
+        if len(rows) == 0:
+            log.warning("%s: the generation plan is empty (no missing combinations); training set unchanged", self.name)
+            return train
+        images = self.synthesize(rows, ctx)
+        rows["group"] = ctx.task.groups(rows)
+        synthetic = Split(images, rows, "synthetic")
+        return concat([train, synthetic], "train")
+
+    def synthesize(self, conditions: pd.DataFrame, ctx: Context) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: synthesize() called before fit()")
+        meta = conditions.copy()
+        if not self.params.attributes:  # cls: only the class is used; drop the rest explicitly
+            for a in CATEGORICAL:
+                meta[a] = UNKNOWN
+        return self.model.sample(meta, ctx.device, ctx.seed, progress=ctx.progress)
+
+
+@METHODS.register("medi", "MeDi: diffusion conditioned on class + metadata (site, race); fills missing combinations")
+class MeDi(DiffusionMethod):
+    name = "medi"
+    default_attributes = ("tissue_source_site", "race")
+
+
+@METHODS.register("cls", "class-only diffusion (MeDi with no metadata attributes): same plan size, no site control")
+class CLS(DiffusionMethod):
+    name = "cls"
+    default_attributes = ()
+

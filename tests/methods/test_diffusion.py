@@ -1,0 +1,245 @@
+"""The diffusion methods (medi, cls): conditioning, vocabularies, plans, training, resume, NaN guard, caching."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.config import PRESETS, ConfigError
+from benchmark.data import UNKNOWN
+from benchmark.protocols import Context
+from benchmark.training import Checkpoints, TrainingError
+from methods.diffusion import (
+    CLS,
+    DiffusionModel,
+    DiffusionParams,
+    MeDi,
+    Vocabulary,
+    concat_widths,
+    train_diffusion,
+    validate,
+)
+from tasks.definitions import NSCLC
+
+
+@pytest.fixture(scope="module")
+def smoke_splits():
+    task = NSCLC(PRESETS["smoke"].data, PRESETS["smoke"].split)
+    return task, task.splits(0)
+
+
+def make_ctx(task, tmp_path: Path, seed: int = 0) -> Context:
+    return Context(device="cpu", preset="smoke", seed=seed, task=task, run_dir=tmp_path, cache_dir=tmp_path / "cache",
+                   progress=False)
+
+
+def tiny_params(**kw) -> DiffusionParams:
+    base = MeDi.default_params("smoke")
+    return replace(base, **kw)
+
+
+def test_concat_widths_follow_the_paper():
+    assert concat_widths(128, 0) == [128]
+    assert concat_widths(128, 2) == [44, 42, 42]  # class gets d_t/(1+k) plus the remainder
+    assert concat_widths(512, 3) == [128, 128, 128, 128]
+    assert sum(concat_widths(100, 6)) == 100
+
+
+def test_vocabulary_adds_unknown_and_maps_unseen_values_to_it():
+    vocab = Vocabulary.from_metadata(pd.DataFrame({"race": ["white", "asian", "white", UNKNOWN]}), ["race"])
+    assert vocab.values["race"] == ["asian", "white", UNKNOWN]
+    assert vocab.encode("race", pd.Series(["white", "martian", UNKNOWN])).tolist() == [1, 2, 2]
+    assert vocab.dropped("race") == 3
+
+
+def model_for(params: DiffusionParams, meta: pd.DataFrame) -> DiffusionModel:
+    attrs = [a for a in params.attributes if a != "age_at_index"]
+    return DiffusionModel(params, ["LUAD", "LUSC"], Vocabulary.from_metadata(meta, attrs), 32)
+
+
+def rows(**overrides) -> pd.DataFrame:
+    base = {"cancer_type": "LUAD", "tissue_source_site": "05", "race": "white", "gender": "female",
+            "age_at_index": 60.0}
+    return pd.DataFrame([{**base, **overrides}])
+
+
+TRAIN_META = pd.DataFrame({"tissue_source_site": ["05", "44", "NJ"], "race": ["white", "asian", "white"],
+                           "gender": ["female", "male", "female"]})
+
+
+def predict(model: DiffusionModel, meta: pd.DataFrame) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    labels, codes = model.codes(meta)
+    with torch.no_grad():
+        return model.predict(x, torch.tensor([500]), model.z_cond(labels, codes, "cpu"))
+
+
+def test_changing_only_the_site_changes_the_prediction():
+    model = model_for(tiny_params(), TRAIN_META)
+    a, b = predict(model, rows()), predict(model, rows(tissue_source_site="44"))
+    same = predict(model, rows())
+    assert torch.equal(a, same)
+    assert not torch.allclose(a, b)
+    # and only the site's slice of z_cond differs (concat mode)
+    za = model.z_cond(*model.codes(rows()), "cpu")
+    zb = model.z_cond(*model.codes(rows(tissue_source_site="44")), "cpu")
+    widths = concat_widths(model.d_t, 2)
+    diff = (za != zb).squeeze(0)
+    assert not diff[: widths[0]].any() and diff[widths[0] : widths[0] + widths[1]].all()
+    assert not diff[widths[0] + widths[1] :].any()
+
+
+def test_cls_is_the_same_model_with_k_zero():
+    params = CLS.default_params("smoke")
+    assert params.attributes == ()
+    model = model_for(params, TRAIN_META)
+    assert len(model.cond.attribute_embeddings) == 0
+    z = model.z_cond(*model.codes(rows()), "cpu")
+    assert z.shape == (1, model.d_t)
+    assert torch.equal(z, model.cond.class_embedding(torch.tensor([0])))
+    # metadata cannot change a cls prediction
+    assert torch.equal(predict(model, rows()), predict(model, rows(tissue_source_site="44", race="asian")))
+
+
+@pytest.mark.parametrize("mode", ["concat", "additive", "linear"])
+def test_condition_modes_and_numeric_age(mode):
+    params = tiny_params(cond_mode=mode, attributes=("tissue_source_site", "race", "age_at_index"))
+    model = model_for(params, TRAIN_META)
+    z1 = model.z_cond(*model.codes(rows(age_at_index=40.0)), "cpu")
+    z2 = model.z_cond(*model.codes(rows(age_at_index=80.0)), "cpu")
+    zn = model.z_cond(*model.codes(rows(age_at_index=float("nan"))), "cpu")
+    assert z1.shape == (1, model.d_t)
+    assert not torch.allclose(z1, z2) and torch.isfinite(zn).all()
+
+
+def test_bad_params_are_named():
+    with pytest.raises(ConfigError, match="method.cond_mode='sum'"):
+        validate(tiny_params(cond_mode="sum"))
+    with pytest.raises(ConfigError, match="method.attributes"):
+        validate(tiny_params(attributes=("hospital",)))
+    with pytest.raises(ConfigError, match="method.guidance_scale"):
+        validate(tiny_params(guidance_scale=3.0))
+    with pytest.raises(ConfigError, match="norm_num_groups"):
+        validate(tiny_params(block_out_channels=(12, 24)))
+
+
+def test_medi_and_cls_plan_the_same_totals_per_class(smoke_splits, tmp_path):
+    task, splits = smoke_splits
+    ctx = make_ctx(task, tmp_path)
+    train = splits["train"]
+    medi_plan = MeDi(MeDi.default_params("smoke")).plan(train, ctx)
+    cls_plan = CLS(CLS.default_params("smoke")).plan(train, ctx)
+    assert medi_plan["n"].sum() == round(0.5 * len(train))
+    assert medi_plan.groupby("cancer_type")["n"].sum().to_dict() == cls_plan.set_index("cancer_type")["n"].to_dict()
+    # fill: every planned (class, site, race) is missing from the real training data
+    real = set(map(tuple, train.metadata[["cancer_type", "tissue_source_site", "race"]].to_numpy()))
+    planned = set(map(tuple, medi_plan[["cancer_type", "tissue_source_site", "race"]].to_numpy()))
+    assert planned and not (planned & real)
+
+
+def test_smoke_training_samples_in_range_with_metadata_and_is_cached(smoke_splits, tmp_path):
+    task, splits = smoke_splits
+    ctx = make_ctx(task, tmp_path)
+    method = MeDi(MeDi.default_params("smoke"))
+    method.fit(splits["train"], ctx)
+    assert ctx.report["model_reused"] is False
+    out = method.augment(splits["train"], ctx)
+    syn = out.metadata[out.metadata["is_synthetic"]]
+    assert len(syn) == ctx.report["n_synthetic"] > 0
+    images = out.images[out.metadata["is_synthetic"].to_numpy()]
+    assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
+    assert images.std() > 1.0  # not a constant image
+    assert (syn["source"] == "medi").all() and syn["tissue_source_site"].ne(UNKNOWN).all()
+    assert len(out) == len(splits["train"]) + len(syn)
+    # a second fit with the same data and training parameters reuses the model, even with other sampling settings
+    ctx2 = make_ctx(task, tmp_path, seed=1)
+    again = MeDi(replace(MeDi.default_params("smoke"), sampling_steps=2, sampler="dpmpp"))
+    again.fit(splits["train"], ctx2)
+    assert ctx2.report["model_reused"] is True
+    a = method.synthesize(syn.iloc[:4], ctx)
+    b = again.synthesize(syn.iloc[:4], ctx2)
+    assert a.shape == b.shape == (4, 32, 32, 3)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(smoke_splits, tmp_path):
+    task, splits = smoke_splits
+    train = splits["train"]
+    params = tiny_params(steps=8, checkpoint_every=3, mixed_precision="no")
+    attrs = list(params.attributes)
+
+    def fresh():
+        return DiffusionModel(params, list(task.classes), Vocabulary.from_metadata(train.metadata, attrs), 32)
+
+    full = fresh()
+    train_diffusion(full, train, Checkpoints(tmp_path / "full"), make_ctx(task, tmp_path))
+    interrupted = fresh()
+    ckpt = Checkpoints(tmp_path / "resumed")
+    stats = train_diffusion(interrupted, train, ckpt, make_ctx(task, tmp_path), stop_after=4)
+    assert stats == {"stopped_at": 4} and not ckpt.is_done() and ckpt.latest()[0] == 4
+    resumed = fresh()
+    train_diffusion(resumed, train, ckpt, make_ctx(task, tmp_path))
+    assert ckpt.is_done()
+    a, b = full.state_tensors(), resumed.state_tensors()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(smoke_splits, tmp_path, monkeypatch):
+    task, splits = smoke_splits
+    params = tiny_params(steps=10, checkpoint_every=3, mixed_precision="no")
+    model = DiffusionModel(params, list(task.classes),
+                           Vocabulary.from_metadata(splits["train"].metadata, list(params.attributes)), 32)
+    real_mse = torch.nn.functional.mse_loss
+    calls = {"n": 0}
+
+    def exploding(pred, target):
+        calls["n"] += 1
+        return real_mse(pred, target) * (float("nan") if calls["n"] > 4 else 1.0)
+
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", exploding)
+    ckpt = Checkpoints(tmp_path / "nan")
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 4.*ckpt-00000003\.pt"):
+        train_diffusion(model, splits["train"], ckpt, make_ctx(task, tmp_path))
+    assert ckpt.latest()[0] == 3 and not ckpt.is_done()
+    state = ckpt.load(ckpt.latest()[1])
+    assert all(torch.isfinite(v).all() for v in state["unet"].values())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    params = tiny_params()
+    model = model_for(params, TRAIN_META)
+    ckpt = Checkpoints(tmp_path / "rt")
+    ckpt.save_final(model.state_tensors(), {"steps": 0})
+    assert torch.equal(predict(model, rows()), predict(model_for(params, TRAIN_META), rows()))  # seeded init
+    other = model_for(replace(params, train_seed=1), TRAIN_META)
+    assert not torch.allclose(predict(model, rows()), predict(other, rows()))
+    other.load_tensors(ckpt.load_final())
+    torch.testing.assert_close(predict(model, rows()), predict(other, rows()))
+    # a damaged checkpoint is an error naming the file, not a crash deep in torch
+    bad = tmp_path / "rt" / "ckpt-00000001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="ckpt-00000001.pt is unreadable"):
+        ckpt.load(bad)
+
+
+@pytest.mark.slow
+def test_paper_preset_builds_and_takes_one_step_at_batch_1(smoke_splits, tmp_path):
+    task, splits = smoke_splits
+    params = replace(MeDi.default_params("paper"), steps=1, batch_size=1, mixed_precision="no", ema=False)
+    assert params.block_out_channels == (128, 256, 512, 512, 1024, 1024)
+    assert params.layers_per_block == 2 and params.attention is False
+    train = splits["train"].subset(np.arange(8))
+    big = np.repeat(np.repeat(train.images, 4, axis=1), 4, axis=2)  # 128 x 128, the paper's size
+    train = train.with_images(big)
+    model = DiffusionModel(params, list(task.classes),
+                           Vocabulary.from_metadata(train.metadata, list(params.attributes)), 128)
+    assert model.d_t == 512
+    stats = train_diffusion(model, train, Checkpoints(tmp_path / "paper"), make_ctx(task, tmp_path))
+    assert stats["train_steps"] == 1
