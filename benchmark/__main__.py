@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark {run,list} ...`` (also installed as ``medibench``).
+"""Command line: ``python -m benchmark {run,list,report,ui} ...`` (also installed as ``medibench``).
 
 Only argument parsing and printing live here; the work is in runner.py and friends. Heavy libraries are imported
 inside the commands, so ``--help`` and ``list`` stay fast.
@@ -80,6 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="List every registered method, task, encoder and preset with a one-line description.",
     )
     lst.add_argument("--keys", action="store_true", help="also list every --set key with its type and default")
+
+    rep = sub.add_parser(
+        "report",
+        help="write the leaderboards (HTML and PDF) from the run records",
+        description="Build <out>/leaderboard.html (self-contained, figures embedded) and <out>/leaderboard.pdf from "
+        "the run records under --results (results.jsonl and runs/*/*/*/record.json; MLflow is not needed): per task, "
+        "methods x metrics on test_unseen and test_seen (mean +- SEM over seeds, best marked, paired bootstrap test "
+        "against none), FID per cancer type, per-group heatmaps, sample grids and accuracy against the synthetic "
+        "ratio.",
+    )
+    rep.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
+    rep.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
+    rep.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired tests (default 2000)")
+    rep.add_argument("--no-pdf", action="store_true", help="write only the HTML page")
+
+    ui = sub.add_parser(
+        "ui",
+        help="start the MLflow UI on the project's store and print its URL",
+        description="Start the MLflow UI on 127.0.0.1 for the local store (<results>/mlflow.db, artifacts in "
+        "<results>/mlartifacts) or for $MLFLOW_TRACKING_URI, and print the URL. One experiment per task "
+        "(medibench-<task>); tick runs and press Compare to see methods side by side on the same metrics. "
+        "Stops with Ctrl-C.",
+    )
+    ui.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     return parser
 
 
@@ -154,6 +179,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmark.config import ConfigError
+    from benchmark.registry import METHODS, load_plugins
+    from benchmark.reporting import CANONICAL_METHODS, write_report
+
+    if args.bootstrap < 1:
+        raise ConfigError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    load_plugins()
+    expected = sorted(set(CANONICAL_METHODS) | set(METHODS.names()))
+    out = write_report(args.results, args.out, expected, n_boot=args.bootstrap, pdf=not args.no_pdf)
+    if not out["sections"]:
+        print(f"no run records in {args.results}: wrote a page that says so")
+    for task, preset, rows, missing in out["sections"]:
+        note = f"; no records for {', '.join(missing)}" if missing else ""
+        print(f"{task} ({preset}): {', '.join(rows)}{note}")
+    for item in out["skipped"]:
+        print(f"left out record {item['name']}: {item['reason']}", file=sys.stderr)
+    print(f"wrote {out['html']} ({out['records']} run records, {out['figures']} figures)")
+    if out["pdf"] is not None:
+        print(f"wrote {out['pdf']}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from benchmark.ui import serve_ui
+
+    return serve_ui(args.results, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -163,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.config import ConfigError
     from benchmark.registry import RegistryError
 
-    commands = {"run": cmd_run, "list": cmd_list}
+    commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "ui": cmd_ui}
     try:
         return commands[args.command](args)
     except (ConfigError, RegistryError) as exc:
@@ -181,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: BaseException) -> bool:
     """Errors whose message is the whole story (bad data, unreachable server); anything else keeps its traceback."""
-    names = {"DataError", "SplitError", "RunError", "TrackingError", "TrainingError"}
+    names = {"DataError", "SplitError", "RunError", "TrackingError", "TrainingError", "ReportError"}
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 

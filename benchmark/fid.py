@@ -24,19 +24,18 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from benchmark.config import ConfigError
 
 if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
     from benchmark.config import ProbeConfig
     from benchmark.data import Split
     from benchmark.encoders import Encoder
@@ -99,39 +98,70 @@ def space_name(encoder_name: str) -> str:
 # feature extractors as torchmetrics ``feature=`` modules
 
 
-def _module_base() -> type:
-    from torch import nn
+class FeatureModule(nn.Module):
+    """A frozen feature extractor for torchmetrics' ``feature=``: uint8 N x 3 x H x W -> float N x num_features."""
 
-    return nn.Module
+    num_features: int = 0
+    space: str = ""
 
-
-class _FrozenMixin:
-    """Feature modules stay in eval mode: torchmetrics may call .train() on the metric."""
-
-    def train(self, mode: bool = True):  # noqa: D401 - nn.Module API
-        return super().train(False)  # type: ignore[misc]
+    def train(self, mode: bool = True) -> FeatureModule:
+        return super().train(False)  # always eval: torchmetrics may call .train() on the metric
 
 
-def encoder_features(encoder: Encoder, device: str = "cpu") -> nn.Module:
+class EncoderFeatures(FeatureModule):
+    """A benchmark encoder (fbank, uni, timm) as a feature module; the space is named after the encoder."""
+
+    def __init__(self, encoder: Encoder, device: str = "cpu") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.device_name = device
+        self.num_features = int(encoder.dim)
+        self.space = space_name(encoder.name)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"feature space {self.space!r}: expected uint8 N x 3 x H x W, got {x.dtype} "
+                             f"{tuple(x.shape)}")
+        images = x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return torch.from_numpy(self.encoder.embed(images, self.device_name)).float()
+
+
+class InceptionFeatures(FeatureModule):
+    """torch-fidelity's InceptionV3 (weights from a local file); ``inception`` is the 2048-d pool3 space."""
+
+    def __init__(self, net: nn.Module, feature: str, weights: Path) -> None:
+        super().__init__()
+        self.net = net
+        self.num_features = int(feature)
+        self.space = INCEPTION if str(feature) == "2048" else f"{INCEPTION}{feature}"
+        self.weights = weights
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return (out[0] if isinstance(out, (tuple, list)) else out).float()
+
+
+class _Recording(FeatureModule):
+    """Passes features through and keeps a copy (for the bootstrap)."""
+
+    def __init__(self, inner: FeatureModule) -> None:
+        super().__init__()
+        self.inner = inner
+        self.num_features = int(inner.num_features)
+        self.seen: list[torch.Tensor] = []
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        self.seen.append(out.detach().double().cpu())
+        return out
+
+
+def encoder_features(encoder: Encoder, device: str = "cpu") -> EncoderFeatures:
     """A benchmark encoder as a torchmetrics feature module: uint8 N x 3 x H x W -> float N x ``encoder.dim``."""
-    import torch
-
-    class EncoderFeatures(_FrozenMixin, _module_base()):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-            self.device_name = device
-            self.num_features = int(encoder.dim)
-            self.space = space_name(encoder.name)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
-                raise ValueError(f"feature space {self.space!r}: expected uint8 N x 3 x H x W, got {x.dtype} "
-                                 f"{tuple(x.shape)}")
-            images = x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-            return torch.from_numpy(self.encoder.embed(images, self.device_name)).float()
-
-    return EncoderFeatures()
+    return EncoderFeatures(encoder, device)
 
 
 def inception_weight_candidates() -> list[Path]:
@@ -167,10 +197,8 @@ def find_inception_weights() -> Path:
     )
 
 
-def inception_features(weights: Path | str | None = None, feature: str = "2048") -> nn.Module:
+def inception_features(weights: Path | str | None = None, feature: str = "2048") -> InceptionFeatures:
     """torch-fidelity's InceptionV3 as a torchmetrics feature module (uint8 N x 3 x H x W -> float N x feature)."""
-    import torch
-
     from benchmark._compat import ensure_torchvision
 
     if str(feature) not in INCEPTION_FEATURES:
@@ -183,25 +211,14 @@ def inception_features(weights: Path | str | None = None, feature: str = "2048")
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", [str(feature)], feature_extractor_weights_path=str(path))
+        net = FeatureExtractorInceptionV3(
+            "inception-v3-compat", [str(feature)], feature_extractor_weights_path=str(path)
+        )
     except (RuntimeError, KeyError, ValueError, EOFError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"FID feature space 'inception': {path} is not InceptionV3 weights "
                           f"({INCEPTION_FILE}): {first}") from None
-
-    class InceptionFeatures(_FrozenMixin, _module_base()):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-            self.num_features = int(feature)
-            self.space = INCEPTION if str(feature) == "2048" else f"{INCEPTION}{feature}"
-            self.weights = path
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.net(x)
-            return (out[0] if isinstance(out, (tuple, list)) else out).float()
-
-    return InceptionFeatures()
+    return InceptionFeatures(net, str(feature), path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,44 +251,30 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return mean_term + trace_term - 2.0 * float(cross)
 
 
-def torchmetrics_fid(feature: nn.Module, real: np.ndarray, fake: np.ndarray, batch_size: int = 64) -> tuple[
-    float, np.ndarray, np.ndarray
-]:
+def torchmetrics_fid(
+    feature: nn.Module, real: np.ndarray, fake: np.ndarray, batch_size: int = 64
+) -> tuple[float, np.ndarray, np.ndarray]:
     """torchmetrics FID of uint8 N x H x W x 3 image sets through ``feature``; also the features it saw."""
-    import torch
-
     from benchmark._compat import ensure_torchvision
 
     ensure_torchvision()
     from torchmetrics.image.fid import FrechetInceptionDistance
-
-    seen: list[torch.Tensor] = []
-
-    class Recording(_FrozenMixin, _module_base()):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = feature
-            self.num_features = int(feature.num_features)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.inner(x)
-            seen.append(out.detach().double().cpu())
-            return out
 
     for name, images in (("real", real), ("synthetic", fake)):
         if len(images) < 2:
             raise ValueError(f"FID needs at least 2 {name} images, got {len(images)}")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"{name} images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
-    metric = FrechetInceptionDistance(feature=Recording(), reset_real_features=True, normalize=False)
+    recording = _Recording(feature)
+    metric = FrechetInceptionDistance(feature=recording, reset_real_features=True, normalize=False)
     feats = {}
     with torch.inference_mode():
         for is_real, images in ((True, real), (False, fake)):
-            seen.clear()
+            recording.seen.clear()
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
                 metric.update(batch, real=is_real)
-            feats[is_real] = torch.cat(seen).numpy()
+            feats[is_real] = torch.cat(recording.seen).numpy()
         value = float(metric.compute())
     return value, feats[True], feats[False]
 
@@ -320,6 +323,16 @@ def _interval(point: float, replicates: np.ndarray, ci: float) -> tuple[float, f
     return max(0.0, float(lo) - bias), max(0.0, float(hi) - bias)
 
 
+def bootstrap_replicates(pairs: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int) -> np.ndarray:
+    """n_boot x len(pairs) Frechet distances, each replicate resampling every pair's real and synthetic rows."""
+    rng = np.random.default_rng(seed)
+    reps = np.full((n_boot, len(pairs)), np.nan)
+    for b in range(n_boot):
+        for j, (fr, ff) in enumerate(pairs):
+            reps[b, j] = frechet_distance(fr[rng.integers(0, len(fr), len(fr))], ff[rng.integers(0, len(ff), len(ff))])
+    return reps
+
+
 def fid_per_class(
     feature: nn.Module,
     real: np.ndarray,
@@ -350,7 +363,7 @@ def fid_per_class(
     per_class: dict[str, dict[str, float]] = {}
     feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     notes: list[str] = []
-    for ct in pd.unique(real_ct):
+    for ct in sorted(pd.unique(real_ct), key=str):
         r, f = real[real_ct == ct], fake[fake_ct == ct]
         if len(r) < 2 or len(f) < 2:
             notes.append(f"FID [{space}] {ct}: left out, {len(r)} real and {len(f)} synthetic images (need >= 2 each)")
@@ -365,12 +378,7 @@ def fid_per_class(
                 f"covariance is singular and the estimate is biased upward and unstable (use >= {dim} per set)"
             )
             warnings.warn(notes[-1], SmallSampleWarning, stacklevel=2)
-    # bootstrap: each replicate resamples every cancer type's real and synthetic rows independently
-    rng = np.random.default_rng(seed)
-    reps = np.full((cfg.bootstrap, len(feats)), np.nan)
-    for b in range(cfg.bootstrap):
-        for j, (fr, ff) in enumerate(feats.values()):
-            reps[b, j] = frechet_distance(fr[rng.integers(0, len(fr), len(fr))], ff[rng.integers(0, len(ff), len(ff))])
+    reps = bootstrap_replicates(list(feats.values()), cfg.bootstrap, seed)
     for j, ct in enumerate(feats):
         lo, hi = _interval(per_class[ct]["fid"], reps[:, j], cfg.ci)
         per_class[ct].update(ci_low=lo, ci_high=hi)
@@ -396,14 +404,15 @@ def select_conditions(metadata: pd.DataFrame, max_per_class: int, seed: int) -> 
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=int)
 
 
-def feature_spaces(probe: ProbeConfig, cfg: FidConfig, encoder: Encoder | None = None,
-                   device: str = "cpu") -> tuple[list[Any], list[str]]:
+def feature_spaces(
+    probe: ProbeConfig, cfg: FidConfig, encoder: Encoder | None = None, device: str = "cpu"
+) -> tuple[list[FeatureModule], list[str]]:
     """The feature modules to measure in (the probe's encoder, then inception) and notes on any left out."""
     from benchmark.encoders import build_encoder
 
     if cfg.inception not in ("auto", "on", "off"):
         raise ConfigError(f"FID inception setting {cfg.inception!r}: choose from auto, on, off")
-    modules = [encoder_features(encoder if encoder is not None else build_encoder(probe), device)]
+    modules: list[FeatureModule] = [encoder_features(encoder if encoder is not None else build_encoder(probe), device)]
     notes = []
     if cfg.inception != "off":
         try:
@@ -427,10 +436,14 @@ def evaluate_method(
     """FID metrics of a generative method: images synthesized for the held-out rows vs the real ones, per class.
 
     The method synthesizes one image for each selected row of ``split.metadata`` (at most ``max_per_class`` per
-    cancer type, drawn with ``ctx.seed``), so synthetic and real images share class, site and demographics.
+    cancer type, drawn with ``ctx.seed``; ``method.params.fid_max_per_class`` overrides the preset's cap), so
+    synthetic and real images share class, site and demographics.
     Notes on left-out spaces and small samples go into ``ctx.report["fid"]``.
     """
     cfg = cfg or fid_config(ctx.preset)
+    cap = getattr(method.params, "fid_max_per_class", None)  # a method may declare its own (e.g. --set method.…)
+    if cap is not None:
+        cfg = replace(cfg, max_per_class=int(cap))
     # 1. the rows to compare: capped per class, seeded
     rows = select_conditions(split.metadata, cfg.max_per_class, ctx.seed)
     conditions = split.metadata.iloc[rows].reset_index(drop=True)

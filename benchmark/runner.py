@@ -385,6 +385,19 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
             frame[f"p_{c}"] = prob[:, i] if len(split) else []
         predictions.append(frame)
     pd.concat(predictions, ignore_index=True).to_csv(run_dir / "predictions.csv.gz", index=False)
+    # 6b. FID of images synthesized for the held-out rows vs the real ones (per cancer type, named feature spaces)
+    if method.generative:
+        from benchmark import fid
+
+        metrics.update(fid.evaluate_method(method, splits["test_unseen"], cfg.probe, ctx, encoder=encoder))
+    # 6c. samples.npz (training images as the method returns them) and per-run figures, for reports and the UI
+    from benchmark import reporting
+
+    reporting.run_figures(
+        train, groups, run_dir, cfg.name, method.generative, cfg.seed, task.group_columns, task.classes,
+        tracker.log_artifact,
+    )
+    tracker.set_tags({"generative": str(method.generative).lower()})
     # 7. tracking: metrics and artifacts
     tracker.log_metrics(metrics)
     for name in EVAL_SPLITS:

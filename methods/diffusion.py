@@ -80,7 +80,8 @@ class DiffusionParams:
 
 
 SAMPLING_FIELDS = frozenset(
-    {"sampler", "sampling_steps", "guidance_scale", "sample_batch_size", "plan", "synthetic_ratio", "fid_max_per_class"}
+    {"sampler", "sampling_steps", "guidance_scale", "sample_batch_size", "plan", "synthetic_ratio",
+     "fid_max_per_class"}
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -575,7 +576,7 @@ class DiffusionMethod(Method):
         ctx.report["n_synthetic"] = len(rows)
         ctx.report["plan"] = plan.to_dict(orient="records")[:200]
         if len(rows) == 0:
-            log.warning("%s: the generation plan is empty (no missing combinations); training set unchanged", self.name)
+            log.warning("%s: empty generation plan (no missing combinations); training set unchanged", self.name)
             return train
         images = self.synthesize(rows, ctx)
         rows["group"] = ctx.task.groups(rows)

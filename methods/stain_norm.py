@@ -202,7 +202,9 @@ def _reinhard(x: Any, ref: dict, p: Params) -> tuple[Any, Any]:
     return rgb, reasons
 
 
-def normalize_batch(images: np.ndarray, ref: dict, params: Params, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def normalize_batch(
+    images: np.ndarray, ref: dict, params: Params, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalize uint8 N x H x W x 3 images towards ``ref`` (see ``fit_reference``).
 
     Returns the uint8 images (failed patches unchanged) and a reason code per patch (index into REASONS, 0 = ok).
@@ -289,7 +291,8 @@ def choose_reference(train: Split, params: Params) -> tuple[np.ndarray, dict]:
         site = params.reference_site
         if site not in counts.index:
             raise ValueError(
-                f"method.reference_site={site!r} is not a training site; choose from: {', '.join(sorted(counts.index))}"
+                f"method.reference_site={site!r} is not a training site; "
+                f"choose from: {', '.join(sorted(counts.index))}"
             )
     else:
         site = sorted(counts.index, key=lambda s: (-counts[s], s))[0]
@@ -385,7 +388,7 @@ class StainNormalization(Method):
         p = self.params
         out = np.empty((len(split), split.image_size, split.image_size, 3), dtype=np.uint8) if len(split) else None
         reasons = np.zeros(len(split), dtype=np.int64)
-        for start, batch in zip(range(0, len(split), p.batch_size), split.batches(p.batch_size)):
+        for start, batch in zip(range(0, len(split), p.batch_size), split.batches(p.batch_size), strict=True):
             out[start : start + len(batch)], reasons[start : start + len(batch)] = normalize_batch(
                 batch, self.reference, p, ctx.device
             )
