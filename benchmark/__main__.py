@@ -38,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final table")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(*args, **kwargs):  # every subcommand accepts -q as well
+        kwargs.setdefault("parents", [common])
+        return _add_parser(*args, **kwargs)
+
+    sub.add_parser = add_parser
     sub.required = True
 
     run = sub.add_parser(

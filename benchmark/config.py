@@ -30,10 +30,12 @@ class DataConfig:
     max_patches_per_slide: int = 0  # TCGA-UT: keep at most this many patches per slide (0 = all), deterministic
     # embedded generator (tasks/embedded.py)
     sites_per_class: int = 12  # a task with K classes gets K x sites_per_class sites
-    patients_per_class: int = 120
+    patients_per_class: int = 160
     patches_per_patient: int = 8
     shortcut_strength: float = 0.9  # 0: site independent of class; 1: single-type sites (except mixed ones)
     mixed_site_fraction: float = 0.2
+    site_size_exponent: float = 1.1  # Zipf exponent of patients per site (0: equal sizes)
+    ambiguous_fraction: float = 0.3  # patches without tumour morphology (their class shows only through the site)
     generator_seed: int = 0
 
     @property

@@ -188,6 +188,28 @@ def fit_probe(x: np.ndarray, y: np.ndarray, cfg: RunConfig):
     return model
 
 
+class Probe:
+    """The downstream classifier every method is judged by: frozen encoder + linear probe on its embeddings."""
+
+    def __init__(self, cfg: RunConfig, cache_dir: Path | None):
+        self.cfg = cfg
+        self.cache_dir = cache_dir
+        self.encoder = build_encoder(cfg.probe)
+        self.model = None
+
+    def embed(self, split: Split) -> np.ndarray:
+        return embed_split(self.encoder, split, self.cache_dir, self.cfg.device, self.cfg.probe.batch_size)
+
+    def fit(self, train: Split) -> Probe:
+        self.model = fit_probe(self.embed(train), train.labels, self.cfg)
+        return self
+
+    def predict_proba(self, split: Split, n_classes: int) -> np.ndarray:
+        if len(split) == 0:
+            return np.zeros((0, n_classes))
+        return self.model.predict_proba(self.embed(split))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the run
 
@@ -349,9 +371,7 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         train = Split(train.images, meta, "train", train.info)
     evals = {name: method.transform_eval(splits[name], ctx) for name in EVAL_SPLITS}
     # 5. frozen encoder -> embeddings (cached) -> linear probe
-    encoder = build_encoder(cfg.probe)
-    x_train = embed_split(encoder, train, cache_dir, cfg.device, cfg.probe.batch_size)
-    probe = fit_probe(x_train, train.labels, cfg)
+    probe = Probe(cfg, cache_dir).fit(train)
     # 6. metrics on every evaluation split
     metrics: dict[str, float] = {
         "train/n_real": float((~train.metadata["is_synthetic"].astype(bool)).sum()),
@@ -361,10 +381,9 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
     predictions = []
     real_train = splits["train"].metadata
     for name, split in evals.items():
-        x = embed_split(encoder, split, cache_dir, cfg.device, cfg.probe.batch_size)
         y = split.labels
-        prob = probe.predict_proba(x) if len(split) else np.zeros((0, len(task.classes)))
-        pred = prob.argmax(axis=1) if len(split) else np.zeros(0, dtype=int)
+        prob = probe.predict_proba(split, len(task.classes))
+        pred = prob.argmax(axis=1)
         sites = split.metadata["tissue_source_site"].to_numpy()
         alignment = M.site_alignment(real_train["tissue_source_site"], real_train["label"], sites, y)
         values, table, cm = M.evaluate(

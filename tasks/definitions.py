@@ -48,6 +48,8 @@ class CancerTypeTask(Task):
             patches_per_patient=d.patches_per_patient,
             shortcut_strength=d.shortcut_strength,
             mixed_site_fraction=d.mixed_site_fraction,
+            site_size_exponent=d.site_size_exponent,
+            ambiguous_fraction=d.ambiguous_fraction,
             seed=d.generator_seed,
         )
         cohort = embedded.make_cohort(spec)

@@ -56,7 +56,7 @@ CANCER_TYPES: dict[str, str] = {
 }
 PROJECT_IDS: dict[str, str] = {code: f"TCGA-{code}" for code in CANCER_TYPES}
 #: Bumped whenever the cohort or the pixels produced for a given spec and seed change (keys downstream caches).
-VERSION: int = 1
+VERSION: int = 2
 SIZES: tuple[int, ...] = (32, 64, 128, 256)
 RACES: tuple[str, ...] = ("white", "black or african american", "asian", "Unknown")
 
@@ -113,6 +113,7 @@ class CohortSpec:
     shortcut_strength: float = 0.9  # 0: site independent of cancer type; 1: single-type sites (except mixed)
     mixed_site_fraction: float = 0.2  # share of sites that send all cancer types, whatever the strength
     site_size_exponent: float = 1.1  # Zipf exponent of patients per site (0: equal sizes)
+    ambiguous_fraction: float = 0.25  # share of patches without tumour morphology (stroma, inflammation, vessels)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,6 +137,7 @@ class CohortSpec:
             ("shortcut_strength", 0.0, 1.0),
             ("mixed_site_fraction", 0.0, 0.9),
             ("site_size_exponent", 0.0, 4.0),
+            ("ambiguous_fraction", 0.0, 0.9),
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
@@ -220,13 +222,9 @@ def _participant_codes(n: int, rng: np.random.Generator) -> list[str]:
     return codes
 
 
-def make_cohort(spec: CohortSpec) -> pd.DataFrame:
-    """One row per patch: METADATA_COLUMNS plus ``patch_index`` (unique, stable; with the seed it fixes the pixels).
-
-    Deterministic for ``spec``. Rows are ordered by site code, then patient, then patch.
-    """
+def _sites(spec: CohortSpec) -> tuple:
+    """Steps 1-2 of make_cohort: (rng, codes, sizes, race probabilities, single-type mask, primary type index)."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _crc("cohort")]))
-    types, k = spec.cancer_types, len(spec.cancer_types)
     # 1. sites: distinct 2-character codes, long-tailed sizes in random order, race profile per site
     codes = np.sort(rng.choice(np.array(_SITE_CODES), spec.n_sites, replace=False))
     weights = rng.permutation(1.0 / np.arange(1, spec.n_sites + 1) ** spec.site_size_exponent)
@@ -236,7 +234,28 @@ def make_cohort(spec: CohortSpec) -> pd.DataFrame:
     # 2. mixed sites, then a primary type for every other site
     single = np.ones(spec.n_sites, dtype=bool)
     single[rng.choice(spec.n_sites, _n_mixed(spec), replace=False)] = False
-    primary = _assign_primaries(sizes, single, k, rng)
+    primary = _assign_primaries(sizes, single, len(spec.cancer_types), rng)
+    return rng, codes, sizes, race_p, single, primary
+
+
+def site_primaries(spec: CohortSpec) -> dict[str, str | None]:
+    """The design's primary cancer type of every site (None for mixed sites), whatever the shortcut strength.
+
+    With strength s a patient of a single-type site has the primary type with probability s + (1-s)/K; at s = 0
+    the designation is drawn but has no effect, which makes it a randomized control for shortcut measurements.
+    """
+    _, codes, _, _, single, primary = _sites(spec)
+    return {str(c): (spec.cancer_types[int(p)] if single[i] else None) for i, (c, p) in enumerate(zip(codes, primary,
+                                                                                                       strict=True))}
+
+
+def make_cohort(spec: CohortSpec) -> pd.DataFrame:
+    """One row per patch: METADATA_COLUMNS plus ``patch_index`` (unique, stable; with the seed it fixes the pixels).
+
+    Deterministic for ``spec``. Rows are ordered by site code, then patient, then patch.
+    """
+    rng, codes, sizes, race_p, single, primary = _sites(spec)
+    types, k = spec.cancer_types, len(spec.cancer_types)
     # 3. patients: type, identifiers, demographics
     rows: dict[str, list] = {c: [] for c in ("type", "site", "pid", "race", "gender", "age", "n_slides")}
     for s, code in enumerate(codes):
@@ -275,7 +294,10 @@ def make_cohort(spec: CohortSpec) -> pd.DataFrame:
         }
     )
     frame["patch_index"] = np.arange(len(frame), dtype=np.int64)
-    return frame[[*METADATA_COLUMNS, "patch_index"]]
+    # class-agnostic patches (drawn from their own stream, so the rest of the cohort does not change with it)
+    amb_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _crc("ambiguous")]))
+    frame["ambiguous"] = amb_rng.random(len(frame)) < spec.ambiguous_fraction
+    return frame[[*METADATA_COLUMNS, "patch_index", "ambiguous"]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -957,10 +979,18 @@ _MORPHOLOGY = {
 }
 
 
+def _ambiguous(rng: np.random.Generator, F: float) -> _Scene:
+    """Tissue without tumour: stroma with lymphocytes and small vessels, identical in law for every cancer type."""
+    sc = _base(rng, F)
+    _stroma_only(sc, rng)
+    return sc
+
+
 def _scene(seed: int, patch_index: int, site: str, cancer_type: str, style: SiteStyle) -> _Scene:
-    """The scene of one patch: depends only on (seed, patch_index, site, cancer type)."""
+    """The scene of one patch: depends only on (seed, patch_index, site, cancer type); cancer type "" = ambiguous."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(patch_index), _crc(site), _crc(cancer_type)]))
-    return _finish(_MORPHOLOGY[cancer_type](rng, _FIELD_UM * style.scale), rng)
+    morphology = _MORPHOLOGY[cancer_type] if cancer_type else _ambiguous
+    return _finish(morphology(rng, _FIELD_UM * style.scale), rng)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1406,8 +1436,9 @@ def _render_batch(seed: int, keys: list[tuple[int, str, str]], size: int) -> np.
 def render(cohort: pd.DataFrame, size: int, seed: int) -> np.ndarray:
     """uint8 (N, size, size, 3) patches for the cohort's rows.
 
-    Patch i depends only on ``(seed, patch_index, tissue_source_site, cancer_type)`` of its row, never on the other
-    rows, so subsets and reorderings render identically; every size shows the same scene.
+    Patch i depends only on ``(seed, patch_index, tissue_source_site, cancer_type, ambiguous)`` of its row, never on
+    the other rows, so subsets and reorderings render identically; every size shows the same scene. An
+    ``ambiguous`` patch shows tissue without tumour, drawn the same way whatever its cancer type.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
@@ -1417,9 +1448,12 @@ def render(cohort: pd.DataFrame, size: int, seed: int) -> np.ndarray:
     bad = sorted(set(cohort["cancer_type"]) - set(CANCER_TYPES))
     if bad:
         raise ValueError(f"unknown cancer types {bad}; valid: {sorted(CANCER_TYPES)}")
+    ambiguous = cohort["ambiguous"] if "ambiguous" in cohort.columns else np.zeros(len(cohort), dtype=bool)
     keys = [
-        (int(i), str(s), str(t))
-        for i, s, t in zip(cohort["patch_index"], cohort["tissue_source_site"], cohort["cancer_type"], strict=True)
+        (int(i), str(s), "" if a else str(t))
+        for i, s, t, a in zip(
+            cohort["patch_index"], cohort["tissue_source_site"], cohort["cancer_type"], ambiguous, strict=True
+        )
     ]
     out = np.empty((len(keys), size, size, 3), dtype=np.uint8)
     for start in range(0, len(keys), _BATCH):

@@ -101,10 +101,11 @@ def test_site_alignment_known_answer():
 
 
 def test_shortcut_gap_in_evaluate():
-    y = np.array([0, 0, 1, 1])
-    p = np.array([0, 0, 0, 0])  # a classifier that always says the site's class 0
-    alignment = np.array(["aligned", "aligned", "misaligned", "misaligned"])
-    values, _, _ = M.evaluate(y, p, np.array(["g"] * 4), np.array(["A"] * 4), 2, 1, alignment)
-    assert values["aligned_accuracy"] == 1.0 and values["misaligned_accuracy"] == 0.0
+    # site A sent class 0, site B class 1; the classifier answers with the site's class
+    y = np.array([0, 0, 1, 1, 1, 0])
+    p = np.array([0, 0, 1, 1, 0, 1])
+    alignment = np.array(["aligned", "aligned", "aligned", "aligned", "misaligned", "misaligned"])
+    values, _, _ = M.evaluate(y, p, np.array(["g"] * 6), np.array(["A"] * 6), 2, 1, alignment)
+    assert values["aligned_balanced_accuracy"] == 1.0 and values["misaligned_balanced_accuracy"] == 0.0
     assert values["shortcut_gap"] == 1.0 and values["n_misaligned"] == 2
-    assert math.isnan(values["unseen_site_accuracy"])
+    assert math.isnan(values["unseen_site_balanced_accuracy"])

@@ -38,7 +38,7 @@ def _cramers_v(a: pd.Series, b: pd.Series) -> float:
 
 
 def test_cohort_schema_and_split(cohort):
-    assert list(cohort.columns) == [*METADATA_COLUMNS, "patch_index"]
+    assert list(cohort.columns) == [*METADATA_COLUMNS, "patch_index", "ambiguous"]
     assert len(cohort) == SPEC.n_patients * SPEC.patches_per_patient
     assert cohort["patch_index"].is_unique
     assert (cohort["patch_index"].to_numpy() == np.arange(len(cohort))).all()
@@ -234,3 +234,17 @@ def test_sample_figure(tmp_path):
     spec = E.CohortSpec(cancer_types=("UCEC", "UCS"), n_sites=8, n_patients=40, patches_per_patient=1)
     out = E.sample_figure(tmp_path / "fig.png", spec=spec, size=32, n_sites=3)
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ambiguous_patches_carry_no_class_signal():
+    """An ambiguous patch is drawn the same way whatever its cancer type: only its site shows."""
+    rows = pd.DataFrame({"patch_index": [7, 7], "tissue_source_site": ["05", "05"], "cancer_type": ["LUAD", "LUSC"],
+                         "ambiguous": [True, True]})
+    a = E.render(rows, 32, seed=0)
+    assert np.array_equal(a[0], a[1])
+    rows["ambiguous"] = False
+    b = E.render(rows, 32, seed=0)
+    assert not np.array_equal(b[0], b[1])
+    cohort = E.make_cohort(E.CohortSpec(ambiguous_fraction=0.25))
+    assert 0.2 < cohort["ambiguous"].mean() < 0.3
+    assert not E.make_cohort(E.CohortSpec(ambiguous_fraction=0.0))["ambiguous"].any()
