@@ -408,7 +408,7 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
     if method.generative:
         from benchmark import fid
 
-        metrics.update(fid.evaluate_method(method, splits["test_unseen"], cfg.probe, ctx, encoder=encoder))
+        metrics.update(fid.evaluate_method(method, splits["test_unseen"], cfg.probe, ctx, encoder=probe.encoder))
     # 6c. samples.npz (training images as the method returns them) and per-run figures, for reports and the UI
     from benchmark import reporting
 
