@@ -112,7 +112,7 @@ class NSCLC(CancerTypeTask):
     classes = ("LUAD", "LUSC")
 
 
-@TASKS.register("uterine", "uterine cancer: UCEC vs UCS (carcinosarcoma is rare: strong class imbalance)")
+@TASKS.register("uterine", "uterine cancer: UCEC (endometrioid) vs UCS (carcinosarcoma), held-out site x race")
 class Uterine(CancerTypeTask):
     name = "uterine"
     description = "UCEC vs UCS"
