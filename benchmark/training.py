@@ -13,15 +13,13 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.cache import atomic_write_json
+from benchmark.cache import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +66,15 @@ class Checkpoints:
         return self.final_path.is_file() and (self.folder / "done.json").is_file()
 
     def latest(self) -> tuple[int, Path] | None:
-        found = []
-        for p in self.folder.glob("ckpt-*.pt"):
-            try:
-                found.append((int(p.stem.split("-")[1]), p))
-            except (IndexError, ValueError):
-                continue
+        found = self._all()
         return max(found) if found else None
 
     def save(self, step: int, state: dict) -> Path:
         import torch
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"ckpt-{step:08d}.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".ckpt-", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save({"step": step, **state}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         for _, old in sorted(self._all())[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
@@ -114,15 +100,8 @@ class Checkpoints:
         """The trained weights (safetensors) and a done marker; checkpoints are then removed."""
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".final-", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(self.final_path) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-            os.replace(tmp, self.final_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         atomic_write_json(self.folder / "done.json", meta)
         for _, old in self._all():
             old.unlink(missing_ok=True)

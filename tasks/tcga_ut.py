@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 import zipfile
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from benchmark.cache import atomic_file
 from benchmark.data import METADATA_COLUMNS, UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -756,18 +756,9 @@ def _load_cache(path: Path, key: str, n: int, size: int) -> tuple[np.ndarray, np
 
 def _write_cache(path: Path, key: str, pixels: np.ndarray, mask: np.ndarray, details: dict) -> None:
     """Write to a temporary file in the same folder, then rename: a partial write never has the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = np.frombuffer(json.dumps({**details, "key": key}).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=pixels, good=mask, details=blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, images=pixels, good=mask, details=blob)
 
 
 def decode_all(
