@@ -29,8 +29,9 @@ import re
 import threading
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -599,13 +600,34 @@ def _to_rgb(im: Image.Image, path: str) -> tuple[Image.Image, str | None]:
 
 def decode_image(path: str, size: int) -> tuple[np.ndarray, str | None]:
     """One patch as uint8 ``size x size x 3`` and the colour conversion it needed (or None); DataError if bad."""
-    # 1. refuse a global setting that would let truncated JPEGs through
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise DataError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set elsewhere in this process): truncated patches would be "
-            "decoded silently; set it back to False"
-        )
-    # 2. read the whole file and decode every pixel
+    with _strict_pil():
+        return _decode_image(path, size)
+
+
+_PIL_LOCK = threading.Lock()
+_PIL_STATE = {"depth": 0, "saved": False}
+
+
+@contextmanager
+def _strict_pil() -> Iterator[None]:
+    """Truncated JPEGs must fail to decode even if another library (weasyprint does, on import) set PIL's global
+    ``ImageFile.LOAD_TRUNCATED_IMAGES``; the setting is forced off while any decode runs and restored afterwards."""
+    with _PIL_LOCK:
+        if _PIL_STATE["depth"] == 0:
+            _PIL_STATE["saved"] = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _PIL_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _PIL_LOCK:
+            _PIL_STATE["depth"] -= 1
+            if _PIL_STATE["depth"] == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _PIL_STATE["saved"]
+
+
+def _decode_image(path: str, size: int) -> tuple[np.ndarray, str | None]:
+    # 1. read the whole file and decode every pixel
     try:
         if os.path.getsize(path) == 0:
             raise DataError(f"{path}: zero-byte file")

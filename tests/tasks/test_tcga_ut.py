@@ -492,11 +492,19 @@ def test_bad_files_skipped_and_listed(dataset: tuple[Path, Path], tmp_path: Path
         decode_all(PathImages(index["path"], 32, on_error="fail"), tmp_path / "cache", progress=False)
 
 
-def test_truncated_images_setting_is_refused(dataset: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_jpeg_fails_even_if_another_library_allows_truncation(
+    dataset: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """weasyprint sets PIL's global LOAD_TRUNCATED_IMAGES on import; decoding must still reject a truncated file."""
     root, _ = dataset
+    data = first_jpeg(root).read_bytes()
+    half = tmp_path / "half.jpg"
+    half.write_bytes(data[: len(data) // 2])
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    with pytest.raises(DataError, match="LOAD_TRUNCATED_IMAGES"):
-        PathImages([str(first_jpeg(root))], 32)[0]
+    with pytest.raises(DataError, match="half.jpg"):
+        PathImages([str(half)], 32)[0]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the other library's setting is restored
+    assert PathImages([str(first_jpeg(root))], 32)[0].shape == (32, 32, 3)
 
 
 # --- cache ----------------------------------------------------------------------------------------------------------
