@@ -74,7 +74,7 @@ def mean_lab(images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
 
     out = np.zeros((len(images), 3), dtype=np.float64)
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).float() / 255.0
+        batch = torch.from_numpy(np.require(images[start : start + batch_size], np.uint8, ["C", "W"])).float() / 255.0
         n, h, w, _ = batch.shape
         lab = rgb2lab(batch.permute(3, 0, 1, 2).reshape(3, n * h, w))  # torchstain works per pixel, channel first
         lab = lab.reshape(3, n, h * w).mean(dim=2).T.double()
@@ -105,7 +105,7 @@ def tissue_fraction(images: np.ndarray, io: float = 240.0, beta: float = 0.15) -
     """Share of pixels whose optical density is >= beta in every channel (Macenko's tissue test), per image."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    x = torch.from_numpy(np.require(images, np.uint8, ["C", "W"])).float()
     od = -torch.log((x + 1.0) / io)
     return (od >= beta).all(dim=-1).float().mean(dim=(1, 2)).numpy().astype(np.float64)
 
@@ -216,7 +216,7 @@ def normalize_batch(
     n, h, w, _ = images.shape
     if n == 0:
         return images.copy(), np.zeros(0, dtype=np.int64)
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().reshape(n, h * w, 3)
+    x = torch.from_numpy(np.require(images, np.uint8, ["C", "W"])).to(device).float().reshape(n, h * w, 3)
     ref = {k: v.to(device) for k, v in ref.items()}
     with torch.no_grad():
         out, reasons = (_macenko if params.normalizer == "macenko" else _reinhard)(x, ref, params)
@@ -239,7 +239,7 @@ def fit_reference(image: np.ndarray, params: Params) -> dict:
     import torch
     from torchstain.torch.normalizers import TorchMacenkoNormalizer, TorchReinhardNormalizer
 
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    chw = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).permute(2, 0, 1)
     if params.normalizer == "macenko":
         norm = TorchMacenkoNormalizer()
         try:
