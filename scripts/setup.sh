@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set-up for MeDiBench, idempotent: a virtual environment in .venv with medibench installed in editable mode,
 # torch pinned to the CPU wheel by constraints.txt. With --test: the test extras, plus the test-only data
-# (a real H&E image from the tiatoolbox wheel, fetched without its dependencies).
+# (a real H&E image from the tiatoolbox wheel, fetched without its dependencies), plus Debian's chromium and
+# poppler-utils for the report tests (installed with apt-get when missing; needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -19,5 +20,16 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".${extras}"
 if [ "$test_mode" = 1 ]; then
   .venv/bin/python tests/real_he.py >/dev/null
+  # The report tests open the leaderboard in headless Chromium and read the PDF with poppler (pdftoppm, pdfimages).
+  if [ ! -x /usr/bin/chromium ] || ! command -v pdftoppm >/dev/null || ! command -v pdfimages >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium poppler-utils
+    else
+      echo "error: the report tests need Debian's chromium and poppler-utils; as root, run:" >&2
+      echo "  apt-get update && apt-get install -y --no-install-recommends chromium poppler-utils" >&2
+      exit 1
+    fi
+  fi
 fi
 echo "medibench set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,461 @@
+"""Leaderboards from a small fixed set of run records: numbers, best marks, paired tests, figures, escaping, PDF,
+the ``report`` command, and the ``ui`` command against a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark import metrics as M
+from benchmark import reporting as R
+from benchmark.data import METADATA_COLUMNS, Split
+from tests.conftest import ROOT, free_port, run_cli
+
+XSS_SITE = "<script>alert(1)</script>"
+XSS_RACE = "<img src=x onerror=\"window.__pwned=1;document.title='pwned'\">"
+SITES = ("S1", "S2", "S3", XSS_SITE)
+
+# test_unseen / test_seen values per method and seed (None: all groups too small, as the runner records it)
+VALUES = {
+    "none": {"bal": [0.70, 0.74, 0.72], "wg": [0.50, 0.55, 0.60], "site": [0.60, 0.62, 0.64],
+             "seen": [0.95, 0.96, 0.97]},
+    "medi": {"bal": [0.80, 0.84, 0.82], "wg": [0.70, 0.70, 0.70], "site": [0.66, 0.70, 0.74],
+             "seen": [0.94, 0.95, 0.96]},
+    "cls": {"bal": [0.75, 0.79, 0.74], "wg": [0.60, 0.62, None], "site": [0.60, 0.61, 0.62],
+            "seen": [0.93, 0.95, 0.97]},
+}
+FID = {"medi": [30.0, 32.0, 34.0], "cls": [50.0, 52.0, 48.0]}
+
+
+def _config(task: str, method_params: dict | None = None) -> dict:
+    return {
+        "method": "x", "task": task, "preset": "smoke", "seed": 0, "device": "cpu",
+        "data": {"root": "", "image_size": 32, "shortcut_strength": 0.9},
+        "split": {"seed": 0, "heldout_fraction": 0.3},
+        "probe": {"encoder": "fbank", "min_group_size": 10, "C": 1.0},
+        "method_params": method_params or {},
+    }
+
+
+def _groups(method: str, seed: int) -> list[dict]:
+    rows = [("LUAD|S1|white", 40, 36), ("LUSC|S2|white", 40, 30), (f"LUAD|{XSS_SITE}|white", 20, 8),
+            (f"LUSC|S2|{XSS_RACE}", 20, 4), ("LUSC|S3|asian", 4, 0)]
+    bump = {"none": 0, "cls": 1, "medi": 2}[method]
+    return [{"group": g, "n": n, "correct": min(n, c + bump), "accuracy": min(n, c + bump) / n, "flagged": n < 10}
+            for g, n, c in rows]
+
+
+def _predictions(method: str, seed: int) -> pd.DataFrame:
+    """200 test_unseen + 40 test_seen patches; none is right on 70%, medi also on 10% more, cls exactly as none."""
+    frames = []
+    for split, n in (("test_unseen", 200), ("test_seen", 40)):
+        rng = np.random.default_rng(100 + seed)  # the same test patches for every method of a seed
+        label = np.arange(n) % 2
+        site = np.array(SITES)[rng.integers(0, 3, n)]
+        right = rng.random(n) < 0.7
+        if method == "medi":
+            right |= np.arange(n) % 10 == 3
+        pred = np.where(right, label, 1 - label)
+        ct = np.where(label == 0, "LUAD", "LUSC")
+        frames.append(pd.DataFrame({
+            "split": split, "patient_id": [f"TCGA-{s}-{i:04d}" for i, s in enumerate(site)],
+            "tissue_source_site": site, "race": "white",
+            "group": [f"{c}|{s}|white" for c, s in zip(ct, site, strict=True)],
+            "label": label, "pred": pred, "p_LUAD": 1.0 - pred, "p_LUSC": pred.astype(float),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _samples(method: str, run_dir: Path) -> None:
+    colours = {"none": (230, 150, 200), "medi": (140, 80, 170), "cls": (120, 120, 210)}
+    rows, images = [], []
+    for ct_i, ct in enumerate(("LUAD", "LUSC")):
+        for site_i, site in enumerate(SITES):
+            for k in range(3):
+                img = np.zeros((16, 16, 3), np.uint8) + np.array(colours[method], np.uint8)
+                img[4:12, 4:12] = (40 * ct_i + 30 * site_i + 10 * k) % 255
+                images.append(img)
+                rows.append({"label": ct_i, "cancer_type": ct, "project_id": f"TCGA-{ct}", "tissue_source_site": site,
+                             "race": "white", "gender": "male", "age_at_index": 60.0, "patient_id": f"P{k}",
+                             "slide_id": f"SL{k}", "is_synthetic": method != "none", "source": method})
+    meta = pd.DataFrame(rows)[list(METADATA_COLUMNS)]
+    R.save_samples(Split(np.stack(images), meta, "train"), run_dir / R.SAMPLES_FILE, synthetic_only=method != "none")
+
+
+def _record(task: str, method: str, seed: int, metrics: dict, run_dir: Path, groups=None, params=None) -> dict:
+    return {
+        "schema": 1, "run_id": f"{task}-{method}-{seed}-{json.dumps(params or {})}",
+        "name": f"{method}-{task}-s{seed}",
+        "method": method, "task": task, "preset": "smoke", "seed": seed, "device": "cpu", "encoder": "fbank",
+        "config": _config(task, params), "code_version": "0.1.0", "git_commit": "abc1234",
+        "started": f"2026-01-01T00:00:0{seed}+00:00", "duration_s": 1.0, "run_dir": str(run_dir),
+        "metrics": metrics, "groups": {"test_unseen": groups or [], "test_seen": [], "val": []},
+        "classes": ["LUAD", "LUSC"] if task == "nsclc" else ["UCEC", "UCS"], "data": {}, "method_report": {},
+        "mlflow": {"tracking_uri": "sqlite:///x.db", "experiment": f"medibench-{task}", "run_id": "m"},
+    }
+
+
+def fixed_records(root: Path) -> list[dict]:
+    """The fixed set: nsclc (none, medi, cls x seeds 0-2, with predictions and samples), uterine (none only)."""
+    records = []
+    for method, v in VALUES.items():
+        for seed in range(3):
+            run_dir = root / "runs" / "nsclc" / method / f"{method}-nsclc-s{seed}-000000"
+            run_dir.mkdir(parents=True)
+            _predictions(method, seed).to_csv(run_dir / "predictions.csv.gz", index=False)
+            _samples(method, run_dir)
+            metrics = {
+                "test_unseen/balanced_accuracy": v["bal"][seed], "test_unseen/worst_group_accuracy": v["wg"][seed],
+                "test_unseen/site_balanced_accuracy": v["site"][seed], "test_seen/balanced_accuracy": v["seen"][seed],
+                "test_seen/worst_group_accuracy": None, "test_seen/site_balanced_accuracy": v["seen"][seed],
+                "train/n_real": 100.0, "train/n_synthetic": 0.0 if method == "none" else 50.0,
+            }
+            if method in FID:
+                f = FID[method][seed]
+                metrics.update({"fid/fbank/mean": f, "fid/fbank/LUAD": f - 2, "fid/fbank/LUSC": f + 2,
+                                "fid/fbank/mean/ci_low": f - 3, "fid/fbank/mean/ci_high": f + 3,
+                                "fid/fbank/LUAD/n_real": 200.0, "fid/fbank/LUSC/n_real": 200.0,
+                                "fid/fbank/n_real": 400.0, "fid/fbank/n_synthetic": 400.0, "fid/fbank/small_n": 2.0,
+                                "fid/fbank/dim": 222.0})
+            records.append(_record("nsclc", method, seed, metrics, run_dir, _groups(method, seed)))
+    for seed, value in ((0, 0.61), (1, 0.65)):
+        metrics = {"test_unseen/balanced_accuracy": value, "test_seen/balanced_accuracy": 0.9}
+        records.append(_record("uterine", "none", seed, metrics, root / "gone" / f"u{seed}",
+                               [{"group": "UCS|S9|white", "n": 12, "correct": 6, "accuracy": 0.5, "flagged": False}]))
+    return records
+
+
+class Cells(HTMLParser):
+    """Collects leaderboard cells: (task, split, row label, metric key) -> (text, classes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: dict[tuple, tuple[str, str]] = {}
+        self.table = self.row = self.cell = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and "leaderboard" in (a.get("class") or ""):
+            self.table = (a["data-task"], a["data-split"])
+        elif tag == "tr" and self.table and "data-method" in a:
+            self.row = a["data-method"]
+        elif tag == "td" and self.row and "data-metric" in a:
+            self.cell, self.classes, self.text = a["data-metric"], a.get("class", ""), []
+
+    def handle_data(self, data):
+        if self.cell:
+            self.text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self.cell:
+            self.cells[(*self.table, self.row, self.cell)] = ("".join(self.text), self.classes)
+            self.cell = None
+        elif tag == "table":
+            self.table = self.row = None
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    records = fixed_records(root)
+    report = R.render(records, str(root), n_boot=500)
+    parser = Cells()
+    parser.feed(report.html)
+    return root, records, report, parser.cells
+
+
+def test_mean_and_sem_by_hand():
+    mean, sem, n = R.mean_sem([0.70, 0.74, 0.72])
+    assert (round(mean, 12), round(sem, 6), n) == (0.72, 0.011547, 3)  # std 0.02 / sqrt(3)
+    assert R.mean_sem([0.5, None, float("nan")])[1:] == (pytest.approx(float("nan"), nan_ok=True), 1)
+    assert R.mean_sem([])[2] == 0
+
+
+def test_table_numbers_best_marks_and_paired_tests(fixed):
+    _, _, _, cells = fixed
+    bal = "test_unseen/balanced_accuracy"
+    text, cls = cells[("nsclc", "test_unseen", "none", bal)]
+    assert text.startswith("0.720 ± 0.012") and "best" not in cls and "Δ" not in text
+    text, cls = cells[("nsclc", "test_unseen", "medi", bal)]
+    assert text.startswith("0.820 ± 0.012★") and "best" in cls
+    assert "Δ +0.100 · p < 0.001" in text  # medi is right on 10% more of the same patches
+    text, cls = cells[("nsclc", "test_unseen", "cls", bal)]
+    assert text.startswith("0.760 ± 0.015") and "best" not in cls  # std(0.75, 0.79, 0.74) = 0.02646
+    assert "Δ +0.040 · p = 1.000" in text  # same predictions as none on every patch: no evidence
+    wg = "test_unseen/worst_group_accuracy"
+    assert cells[("nsclc", "test_unseen", "none", wg)][0].startswith("0.550 ± 0.029")
+    assert cells[("nsclc", "test_unseen", "medi", wg)][0].startswith("0.700 ± 0.000★")
+    assert cells[("nsclc", "test_unseen", "cls", wg)][0].startswith("0.610 ± 0.010")  # two seeds have a value
+    site = "test_unseen/site_balanced_accuracy"
+    assert cells[("nsclc", "test_unseen", "medi", site)][0].startswith("0.700 ± 0.023★")
+    seen = "test_seen/balanced_accuracy"
+    assert cells[("nsclc", "test_seen", "none", seen)][0].startswith("0.960 ± 0.006★")
+    assert cells[("nsclc", "test_seen", "cls", seen)][0].startswith("0.950 ± 0.012")
+    assert cells[("nsclc", "test_seen", "none", "test_seen/worst_group_accuracy")][0] == "n/a"
+    # FID: lower is better, only on test_unseen, with the sample counts
+    fid = "fid/fbank/mean"
+    text, cls = cells[("nsclc", "test_unseen", "medi", fid)]
+    assert text.startswith("32.00 ± 1.15★") and "best" in cls and "n = 200 real" not in text
+    assert "n = 400 real / 400 synth.unstable: few images" in text  # two lines
+    assert cells[("nsclc", "test_unseen", "cls", fid)][0].startswith("50.00 ± 1.15")
+    assert cells[("nsclc", "test_unseen", "none", fid)][0] == "n/a"
+    assert not any(k[1] == "test_seen" and k[3].startswith("fid/") for k in cells)
+    # uterine: one method, two seeds, nothing to mark as best
+    text, cls = cells[("uterine", "test_unseen", "none", bal)]
+    assert text == "0.630 ± 0.020" and "best" not in cls
+
+
+def test_sections_figures_and_notices(fixed):
+    _, _, report, _ = fixed
+    nsclc, uterine = report.sections
+    assert [r.label for r in nsclc.rows] == ["none", "cls", "medi"]
+    assert nsclc.missing == ["stain_norm", "cyclegan"] and uterine.missing == ["stain_norm", "cyclegan", "cls", "medi"]
+    names = [f.name for f in report.figures]
+    assert names == [f"{nsclc.anchor}-groups-site", f"{nsclc.anchor}-groups-race", f"{nsclc.anchor}-fid",
+                     f"{nsclc.anchor}-samples", f"{uterine.anchor}-groups-site", f"{uterine.anchor}-groups-race"]
+    for fig in report.figures:
+        assert fig.png.startswith(b"\x89PNG") and len(fig.png) > 5000
+    html = report.html
+    assert "No records for stain_norm, cyclegan on this task" in html
+    assert "No records for stain_norm, cyclegan, cls, medi on this task" in html
+    assert "sample grid not drawn: no samples.npz" in html  # uterine's run directories are gone
+    assert html.count('class="leaderboard"') == 4 and html.count('<table class="fid"') == 1
+    assert html.count("<img ") == 6
+
+
+def test_every_string_from_the_data_is_escaped(fixed):
+    _, _, report, _ = fixed
+    html = report.html
+    assert XSS_SITE not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "LUSC | S2 | &lt;img src=x onerror=" in html  # the worst-groups table shows it as text
+    assert "<script" not in html.lower()
+    assert 'font-family: "DejaVu Sans"' in html and "&#34;" not in html.split("</style>")[0]  # CSS is not data
+
+
+def test_patch_level_metrics_match_the_runner_at_unit_weights():
+    frame = _predictions("none", 0)
+    frame = frame[frame["split"] == "test_unseen"].reset_index(drop=True)
+    frame.loc[::7, "group"] = "LUSC|S9|tiny"  # a group below min_group_size
+    y, p = frame["label"].to_numpy(), frame["pred"].to_numpy()
+    ones = np.ones((1, len(frame)))
+    table = M.group_table(y, p, frame["group"], 10)
+    expected = {
+        "accuracy": M.accuracy(y, p),
+        "balanced_accuracy": M.balanced_accuracy(y, p),
+        "worst_group_accuracy": M.worst_group_accuracy(table),
+        "site_balanced_accuracy": M.site_averaged_balanced_accuracy(y, p, frame["tissue_source_site"].to_numpy()),
+    }
+    for metric, value in expected.items():
+        assert R.weighted_metric(ones, frame, metric, 10)[0] == pytest.approx(value), metric
+    with pytest.raises(ValueError, match="'mcc'"):
+        R.weighted_metric(ones, frame, "mcc", 10)
+
+
+def test_paired_bootstrap_falls_back_to_seeds_without_predictions():
+    def run(seed, value):
+        return {"seed": seed, "metrics": {"test_unseen/balanced_accuracy": value}, "_run_dir": None}
+
+    method = [run(0, 0.8), run(1, 0.82), run(2, 0.81)]
+    base = [run(0, 0.7), run(1, 0.71), run(2, 0.69), run(5, 0.1)]
+    test = R.paired_bootstrap(method, base, "test_unseen", "balanced_accuracy", n_boot=400)
+    assert test.level == "seed" and test.n_pairs == 3 and test.delta == pytest.approx(0.11) and test.p < 0.01
+    assert R.paired_bootstrap(method, [run(9, 0.5)], "test_unseen", "balanced_accuracy") is None
+    single = R.paired_bootstrap(method[:1], base, "test_unseen", "balanced_accuracy")
+    assert single.n_pairs == 1 and np.isnan(single.p)
+
+
+def test_runs_that_vary_the_synthetic_ratio_get_their_own_rows_and_a_figure(tmp_path):
+    records = []
+    for ratio, acc in ((0.5, [0.74, 0.76]), (1.0, [0.80, 0.82]), (2.0, [0.81, 0.85])):
+        for seed in (0, 1):
+            metrics = {"test_unseen/balanced_accuracy": acc[seed], "train/n_real": 100.0,
+                       "train/n_synthetic": 100.0 * ratio}
+            records.append(_record("nsclc", "medi", seed, metrics, tmp_path / "none",
+                                   params={"synthetic_ratio": ratio, "steps": 10}))
+    records += [_record("nsclc", "none", s, {"test_unseen/balanced_accuracy": 0.7}, tmp_path / "n") for s in (0, 1)]
+    records.append({"schema": 99, "name": "future-run", "task": "nsclc"})
+    report = R.render(records, "r", n_boot=100)
+    (section,) = report.sections
+    assert [r.label for r in section.rows] == ["none", "medi (synthetic_ratio=0.5)", "medi (synthetic_ratio=1.0)",
+                                               "medi (synthetic_ratio=2.0)"]
+    assert any(f.name.endswith("-ratio") for f in report.figures)
+    assert report.skipped == [{"name": "future-run", "reason": "missing field(s) ['method', 'seed', 'metrics', "
+                                                               "'config']"}]
+    assert "1 record(s) left out" in report.html and "future-run" in report.html
+
+
+def test_empty_results_give_a_clear_page_and_pdf(tmp_path):
+    from pypdf import PdfReader
+
+    out = R.write_report(tmp_path / "nothing-here", tmp_path / "reports")
+    html = out["html"].read_text()
+    assert "No run records" in html and "python -m benchmark run --method none" in html
+    pdf = PdfReader(str(out["pdf"]))
+    assert len(pdf.pages) == 1 and "No run records" in pdf.pages[0].extract_text()
+
+
+def test_run_figures_write_samples_as_the_method_returns_them(tmp_path):
+    rows = []
+    for i in range(30):
+        rows.append({"label": i % 2, "cancer_type": ["LUAD", "LUSC"][i % 2], "project_id": "p",
+                     "tissue_source_site": f"0{i % 3}", "race": "white", "gender": "male",
+                     "age_at_index": float("nan"),
+                     "patient_id": f"P{i}", "slide_id": f"S{i}", "is_synthetic": i >= 12, "source": "x",
+                     "group": f"{['LUAD', 'LUSC'][i % 2]}|0{i % 3}|white"})
+    images = np.random.default_rng(0).integers(0, 255, (30, 8, 8, 3), dtype=np.uint8)
+    split = Split(images, pd.DataFrame(rows), "train")
+    groups = {"test_unseen": [{"group": "LUAD|01|white", "n": 5, "correct": 4, "accuracy": 0.8, "flagged": True}]}
+    logged = []
+    paths = R.run_figures(split, groups, tmp_path, "medi-nsclc-s0", True, 0,
+                          ("cancer_type", "tissue_source_site", "race"), ("LUAD", "LUSC"),
+                          lambda p, a=None: logged.append((p.name, a)))
+    imgs, meta = R.load_samples(tmp_path / R.SAMPLES_FILE)
+    assert len(meta) == 18 and meta["is_synthetic"].all()  # 6 (class, site) cells x 3 synthetic rows, at most 8
+    assert meta["tissue_source_site"].tolist()[0] == "00"  # site codes stay strings
+    assert imgs.shape == (18, 8, 8, 3) and imgs.dtype == np.uint8
+    assert ("samples.png", "figures") in logged and ("groups_test_unseen_site.png", "figures") in logged
+    assert all(p.is_file() for p in paths)
+    R.run_figures(split, groups, tmp_path, "none", False, 0, ("cancer_type", "tissue_source_site", "race"),
+                  ("LUAD", "LUSC"))
+    assert len(R.load_samples(tmp_path / R.SAMPLES_FILE)[1]) == 30  # every real row: 6 cells of 5
+
+
+def _poppler(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is missing: run scripts/setup.sh --test (installs poppler-utils and chromium)")
+    return path
+
+
+def test_report_command_writes_html_and_a_pdf_with_the_expected_pages(fixed, tmp_path):
+    from pypdf import PdfReader
+
+    root, records, _, _ = fixed
+    with open(root / "results.jsonl", "w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
+    out = tmp_path / "reports"
+    proc = run_cli("report", "--results", str(root), "--out", str(out), "--bootstrap", "200")
+    assert proc.returncode == 0, proc.stderr
+    assert "nsclc (smoke): none, cls, medi; no records for stain_norm, cyclegan" in proc.stdout
+    assert f"wrote {out / 'leaderboard.html'} (11 run records, 6 figures)" in proc.stdout
+    assert (out / "figures").is_dir() and len(list((out / "figures").glob("*.png"))) == 6
+    pdf = PdfReader(str(out / "leaderboard.pdf"))
+    pages = [p.extract_text() for p in pdf.pages]
+    assert "MeDiBench leaderboard" in pages[0] and "Contents" in pages[0]
+    assert "Task nsclc · preset smoke" in pages[0] and "Task uterine · preset smoke" in pages[0]  # contents
+    nsclc = next(i for i, t in enumerate(pages) if "3 method variant(s), 9 run(s)" in t)
+    uterine = next(i for i, t in enumerate(pages) if "1 method variant(s), 2 run(s)" in t)
+    assert "Task nsclc · preset smoke" in pages[nsclc] and "Task uterine · preset smoke" in pages[uterine]
+    assert 0 < nsclc < uterine  # every task starts on its own page
+    text = "\n".join(pages)
+    for needle in ("0.720 ± 0.012", "0.820 ± 0.012", "32.00 ± 1.15", "FID (fbank)", "test_unseen", "test_seen",
+                   "No records for stain_norm, cyclegan, cls, medi"):
+        assert needle in text, needle
+    assert len(pdf.pages) >= 4 and f"page 2 of {len(pdf.pages)}" in pages[1]
+    for caption in ("Per-group accuracy: class x site.", "Per-group accuracy: class x race.", "FID per cancer type.",
+                    "Sample grid."):
+        assert caption in text, caption
+    listing = subprocess.run([_poppler("pdfimages"), "-list", str(out / "leaderboard.pdf")], capture_output=True,
+                             text=True, check=True).stdout
+    assert sum(1 for line in listing.splitlines()[2:] if line.split()[2] == "image") == 6  # every figure drawn once
+    # the first page rendered: not blank
+    subprocess.run([_poppler("pdftoppm"), "-png", "-r", "40", "-f", "1", "-l", "1", str(out / "leaderboard.pdf"),
+                    str(tmp_path / "page")], check=True, timeout=60)
+    from PIL import Image
+
+    page = np.asarray(Image.open(next(tmp_path.glob("page*.png"))).convert("L"))
+    assert (page < 200).mean() > 0.005
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the MLflow UI
+
+
+def test_ui_serves_the_store_and_links_a_comparison_of_two_methods(tmp_path):
+    from benchmark.tracking import Tracker
+
+    results = tmp_path / "results"
+    ids = {}
+    for method, value in (("none", 0.70), ("medi", 0.82)):
+        tags = {"method": method, "task": "nsclc", "seed": "0", "preset": "smoke"}
+        tracker = Tracker(results, "medibench-nsclc", f"{method}-nsclc-s0", tags, {"method": method})
+        tracker.log_metrics({"test_unseen/balanced_accuracy": value})
+        tracker.finish()
+        ids[method] = tracker.run_id
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "benchmark", "ui", "--results", str(results), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        lines, deadline = [], time.time() + 150
+        while not any(line.startswith("Compare methods") for line in lines):
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"`benchmark ui` exited ({proc.poll()}) before printing its URL: {lines}")
+            lines.append(line.strip())
+            assert time.time() < deadline, lines
+        url = f"http://127.0.0.1:{port}"
+        assert f"MLflow UI: {url}" in lines[0]
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            assert resp.status == 200
+        compare = next(line for line in lines if line.startswith("compare "))
+        assert "medi vs none" in compare and ids["none"] in compare and ids["medi"] in compare
+        req = urllib.request.Request(url + "/api/2.0/mlflow/runs/search", data=json.dumps(
+            {"experiment_ids": [re.search(r"experiments/(\d+)", lines[1]).group(1)]}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            runs = json.loads(resp.read())["runs"]
+        values = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "method"):
+                  {m["key"]: m["value"] for m in r["data"]["metrics"]} for r in runs}
+        assert values == {"none": {"test_unseen/balanced_accuracy": 0.70},
+                          "medi": {"test_unseen/balanced_accuracy": 0.82}}
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `benchmark ui` stops its server, which is in its own group
+        proc.wait(timeout=40)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3)
+
+
+def test_ui_without_a_store_says_what_to_do(tmp_path):
+    proc = run_cli("ui", "--results", str(tmp_path / "empty"), "--port", str(free_port()))
+    assert proc.returncode == 1 and "no MLflow store at" in proc.stderr and "Traceback" not in proc.stderr
+    port = free_port()  # nothing listens: with a tracking server configured, ui points at it, after checking it
+    proc = run_cli("ui", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    assert proc.returncode == 1 and "unreachable" in proc.stderr and str(port) in proc.stderr
+
+
+def test_sections_are_labelled_by_what_differs_and_ties_are_not_marked(tmp_path):
+    def rec(method, seed, preset, strength, value):
+        r = _record("nsclc", method, seed, {"test_unseen/balanced_accuracy": value}, tmp_path / "gone")
+        r["preset"] = r["config"]["preset"] = preset
+        r["config"]["data"] = {**r["config"]["data"], "shortcut_strength": strength,
+                               "image_size": 32 if preset == "smoke" else 64}
+        return r
+
+    records = [rec(m, s, "smoke", k, 0.7) for m in ("none", "medi") for s in (0, 1) for k in (0.9, 0.5)]
+    records += [rec("none", 0, "cpu", 0.9, 0.8)]
+    report = R.render(records, "r", n_boot=50)
+    labels = [(s.preset, s.setting) for s in report.sections]
+    assert labels == [("cpu", {}), ("smoke", {"data.shortcut_strength": 0.5}),
+                      ("smoke", {"data.shortcut_strength": 0.9})]
+    assert "Task nsclc · preset smoke · encoder fbank · data.shortcut_strength=0.5" in report.html
+    assert "data.image_size" not in report.html  # the presets explain their own sizes
+    assert 'class="num best"' not in report.html  # every method has 0.700: no best to mark
