@@ -37,11 +37,12 @@ class CancerTypeTask(Task):
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return self.cache_dir / "data" / f"{kind}-{self.name}-{digest}.npy"
 
-    def _load_embedded(self) -> Split:
+    def cohort_spec(self):
+        """The embedded generator's CohortSpec for this task and data config."""
         from tasks import embedded
 
         d = self.data
-        spec = embedded.CohortSpec(
+        return embedded.CohortSpec(
             cancer_types=tuple(self.classes),
             n_sites=d.sites_per_class * len(self.classes),
             n_patients=d.patients_per_class * len(self.classes),
@@ -52,6 +53,12 @@ class CancerTypeTask(Task):
             ambiguous_fraction=d.ambiguous_fraction,
             seed=d.generator_seed,
         )
+
+    def _load_embedded(self) -> Split:
+        from tasks import embedded
+
+        d = self.data
+        spec = self.cohort_spec()
         cohort = embedded.make_cohort(spec)
         size = d.image_size
         version = getattr(embedded, "VERSION", 0)

@@ -12,11 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.config import PRESETS
 from benchmark.data import METADATA_COLUMNS, Split
 from benchmark.generation import expand_plan, generation_plan
 from benchmark.protocols import Context
-from benchmark.registry import TASKS, load_plugins
 from benchmark.training import TrainingError
 from methods import cyclegan as cg
 from methods.cyclegan import CycleGAN, Params, build_networks
@@ -25,21 +23,10 @@ from methods.stain_norm import mean_lab
 SMOKE = CycleGAN.default_params("smoke")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is as fast, and far faster when other processes share the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def nsclc():
-    load_plugins()
-    preset = PRESETS["smoke"]
-    task = TASKS.get("nsclc")(preset.data, preset.split, None)
-    return task, task.splits(0)["train"]
+def nsclc(smoke_nsclc):
+    task, splits = smoke_nsclc
+    return task, splits["train"]
 
 
 def make_ctx(task, folder: Path, seed: int = 0) -> Context:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.config import PRESETS, ConfigError
+from benchmark.config import ConfigError
 from benchmark.data import UNKNOWN
 from benchmark.protocols import Context
 from benchmark.training import Checkpoints, TrainingError
@@ -24,13 +24,11 @@ from methods.diffusion import (
     train_diffusion,
     validate,
 )
-from tasks.definitions import NSCLC
 
 
 @pytest.fixture(scope="module")
-def smoke_splits():
-    task = NSCLC(PRESETS["smoke"].data, PRESETS["smoke"].split)
-    return task, task.splits(0)
+def smoke_splits(smoke_nsclc):
+    return smoke_nsclc
 
 
 def make_ctx(task, tmp_path: Path, seed: int = 0) -> Context:

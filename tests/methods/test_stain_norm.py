@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.config import PRESETS
 from benchmark.protocols import Context
-from benchmark.registry import TASKS, load_plugins
 from methods.stain_norm import (
     REASONS,
     Params,
@@ -24,21 +22,9 @@ from methods.stain_norm import (
 from tests.real_he import load as load_he
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is as fast, and far faster when other processes share the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def nsclc():
-    load_plugins()
-    preset = PRESETS["smoke"]
-    task = TASKS.get("nsclc")(preset.data, preset.split, None)
-    return task, task.splits(0)
+def nsclc(smoke_nsclc):
+    return smoke_nsclc
 
 
 def make_ctx(task, tmp_path: Path) -> Context:

@@ -34,13 +34,7 @@ def crossed_gap(strength: float, generator_seed: int) -> tuple[float, float]:
     train = method.augment(splits["train"], None)
     probe = Probe(cfg, None).fit(train)
     # 1. the design's primary class of each single-type site seen in training
-    d = cfg.data
-    spec = embedded.CohortSpec(
-        cancer_types=task.classes, n_sites=d.sites_per_class * 2, n_patients=d.patients_per_class * 2,
-        patches_per_patient=d.patches_per_patient, shortcut_strength=d.shortcut_strength,
-        mixed_site_fraction=d.mixed_site_fraction, site_size_exponent=d.site_size_exponent,
-        ambiguous_fraction=d.ambiguous_fraction, seed=d.generator_seed,
-    )
+    spec = task.cohort_spec()
     primaries = embedded.site_primaries(spec)
     sites = sorted(s for s in set(train.metadata["tissue_source_site"]) if primaries[s] is not None)
     # 2. crossed counterfactual patches: every site x both classes, fresh patch indices
