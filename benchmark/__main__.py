@@ -217,7 +217,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve_ui(args.results, args.port)
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler or `kill`) ends a run like Ctrl-C: its MLflow run is marked KILLED, no record written."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

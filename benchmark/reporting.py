@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -342,6 +343,23 @@ def _differing(dicts: Sequence[dict]) -> list[dict]:
     return [{k: d.get(k) for k in varying} for d in dicts]
 
 
+def _default_params(method: str, preset: str) -> dict[str, Any]:
+    """The method's parameters for the preset as the code defines them now ({} when the method is not known here)."""
+    import dataclasses
+
+    try:
+        from benchmark.registry import METHODS, load_plugins
+
+        load_plugins()
+        params = METHODS.get(method).default_params(preset) if method in METHODS else None
+    except Exception as exc:  # a report must build without the method code
+        log.debug("defaults of %r not available (%s)", method, exc)
+        return {}
+    if params is None or not dataclasses.is_dataclass(params):
+        return {}
+    return _flat(json.loads(json.dumps(dataclasses.asdict(params), default=list)))
+
+
 def _method_order(method: str) -> tuple[int, str]:
     return (CANONICAL_METHODS.index(method) if method in CANONICAL_METHODS else len(CANONICAL_METHODS), method)
 
@@ -375,8 +393,12 @@ def build_sections(records: Sequence[dict], expected_methods: Sequence[str] = CA
             for method in sorted({m for m, _ in variants}, key=_method_order):
                 mine = sorted(p for m, p in variants if m == method)
                 diffs = _differing([_flat(json.loads(p)) for p in mine])
+                defaults = _default_params(method, key[1])
                 for params, d in zip(mine, diffs, strict=True):
-                    label = method + (" (" + ", ".join(f"{k}={v}" for k, v in d.items()) + ")" if d else "")
+                    d = {**{k: v for k, v in _flat(json.loads(params)).items()
+                            if k in defaults and json.dumps(v, default=str) != json.dumps(defaults[k], default=str)},
+                         **d}  # what sets this row apart: non-default settings, and what differs between variants
+                    label = method + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(d.items())) + ")" if d else "")
                     rows.append(Row(method, label, sorted(variants[(method, params)], key=_seed)))
             first = recs[0]
             classes = list(first.get("classes") or [])
@@ -614,14 +636,15 @@ def heatmap_png(panels: Sequence[tuple[str, pd.DataFrame]], column: str, classes
     values = sorted({str(v) for _, f in panels for v in f[column]})
     n = len(panels)
     width = min(18.0, max(5.5, 0.42 * len(values) + 2.2))
-    height_each = 0.42 * max(1, len(classes)) + 0.9
+    height_each = 0.42 * max(1, len(classes)) + 1.1
     with _style():
         fig, axes = plt.subplots(n, 1, figsize=(width, height_each * n + 0.6), squeeze=False)
         for ax, (name, frame) in zip(axes[:, 0], panels, strict=True):
             agg = frame.groupby(["cancer_type", column])[["n", "correct"]].sum()
             acc = (agg["correct"] / agg["n"]).unstack(column)
             acc = acc.reindex(index=list(classes) or sorted(acc.index), columns=values)
-            acc.columns = _short(values)
+            few = len(values) <= 8  # few columns: long labels wrap onto lines; many: short labels, turned upright
+            acc.columns = [textwrap.fill(v, 14) for v in _short(values, 28)] if few else _short(values)
             annot = acc.size <= 90
             sns.heatmap(acc.astype(float), ax=ax, vmin=0, vmax=1, cmap="viridis", annot=annot, fmt=".2f",
                         annot_kws={"fontsize": 7}, cbar=True, linewidths=0.5, linecolor="white",
@@ -629,11 +652,8 @@ def heatmap_png(panels: Sequence[tuple[str, pd.DataFrame]], column: str, classes
             ax.set_title(name, loc="left")
             ax.set_ylabel("class")
             ax.set_xlabel(column.replace("_", " "))
-            longest = max((len(v) for v in _short(values)), default=0)
-            if len(values) > 8 or longest * len(values) > 60:
-                ax.tick_params(axis="x", labelrotation=90 if len(values) > 8 else 30)
-                if len(values) <= 8:
-                    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+            upright = not few and max(len(str(c)) for c in acc.columns) > 3  # site codes stay level
+            ax.tick_params(axis="x", labelrotation=90 if upright else 0)
             ax.tick_params(axis="y", labelrotation=0)
         fig.suptitle(title, x=0.01, ha="left", fontsize=10)
         _tight(fig)

@@ -82,3 +82,37 @@ def test_none_run_end_to_end_then_reused(tmp_path):
     again = run_cli("run", "--method", "none", "--task", "nsclc", "--preset", "smoke", "--out", str(out), cwd=tmp_path)
     assert again.returncode == 0 and "reused finished run" in again.stdout
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_sigterm_stops_a_run_cleanly(tmp_path):
+    """A killed run leaves no record (so the next invocation recomputes it) and its MLflow run is marked KILLED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "run", "--method", "medi", "--task", "nsclc", "--preset", "smoke",
+         "--out", str(out), "--no-progress"],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    for line in proc.stderr:  # wait until the run has started working (splits made, tracking open)
+        if "splits:" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (out / "results.jsonl").exists()
+    assert not list(out.glob("runs/*/*/*/record.json"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("medibench-nsclc")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]

@@ -286,7 +286,7 @@ def test_runs_that_vary_the_synthetic_ratio_get_their_own_rows_and_a_figure(tmp_
             metrics = {"test_unseen/balanced_accuracy": acc[seed], "train/n_real": 100.0,
                        "train/n_synthetic": 100.0 * ratio}
             records.append(_record("nsclc", "medi", seed, metrics, tmp_path / "none",
-                                   params={"synthetic_ratio": ratio, "steps": 10}))
+                                   params={"synthetic_ratio": ratio}))
     records += [_record("nsclc", "none", s, {"test_unseen/balanced_accuracy": 0.7}, tmp_path / "n") for s in (0, 1)]
     records.append({"schema": 99, "name": "future-run", "task": "nsclc"})
     report = R.render(records, "r", n_boot=100)
@@ -459,3 +459,15 @@ def test_sections_are_labelled_by_what_differs_and_ties_are_not_marked(tmp_path)
     assert "Task nsclc · preset smoke · encoder fbank · data.shortcut_strength=0.5" in report.html
     assert "data.image_size" not in report.html  # the presets explain their own sizes
     assert 'class="num best"' not in report.html  # every method has 0.700: no best to mark
+
+
+def test_rows_name_parameters_that_differ_from_the_method_defaults(tmp_path):
+    from benchmark.registry import METHODS, load_plugins
+
+    load_plugins()
+    default_steps = METHODS.get("medi").default_params("smoke").steps
+    records = [_record("nsclc", "medi", s, {"test_unseen/balanced_accuracy": 0.7}, tmp_path / "x",
+                       params={"steps": default_steps + 1}) for s in (0, 1)]
+    records += [_record("nsclc", "none", 0, {"test_unseen/balanced_accuracy": 0.6}, tmp_path / "y")]
+    (section,) = R.render(records, "r", n_boot=50).sections
+    assert [r.label for r in section.rows] == ["none", f"medi (steps={default_steps + 1})"]
