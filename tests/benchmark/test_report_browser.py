@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 
 from benchmark import reporting as R
 from tests.benchmark.test_reporting import XSS_SITE, fixed_records
+from tests.conftest import stop_process_group
 
 pytestmark = pytest.mark.browser
 
@@ -173,12 +172,7 @@ def test_leaderboard_in_headless_chromium(tmp_path):
         port = int(port_file.read_text().split()[0])
         (desktop, phone), (ev_desktop, ev_phone) = asyncio.run(inspect(port, page.as_uri(), tmp_path))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc, grace=15)
         log.close()
     print(f"screenshots: {tmp_path / 'leaderboard-desktop.png'} {tmp_path / 'leaderboard-phone.png'}")
     for result, events in ((desktop, ev_desktop), (phone, ev_phone)):

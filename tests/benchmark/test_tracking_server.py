@@ -1,7 +1,5 @@
 """Against a real MLflow tracking server started here on 127.0.0.1 (free port, bounded wait, stopped by PID)."""
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, stop_process_group
 
 
 @pytest.fixture
@@ -45,12 +43,7 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers, by our own PID's group
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)  # the server and its workers, by our own PID's group
         log.close()
 
 
