@@ -25,11 +25,11 @@ import torch
 from benchmark import __version__
 from benchmark import metrics as M
 from benchmark.cache import atomic_write_json, cached_array
-from benchmark.config import ConfigError, RunConfig, default_preset, parse_overrides, resolve
+from benchmark.config import PRESETS, ConfigError, RunConfig, default_preset, parse_overrides, resolve
 from benchmark.data import Split
 from benchmark.encoders import Encoder, build_encoder
 from benchmark.protocols import EVAL_SPLITS, Context, Method, Task
-from benchmark.registry import METHODS, TASKS, load_plugins
+from benchmark.registry import ENCODERS, METHODS, TASKS, load_plugins
 
 log = logging.getLogger("benchmark")
 RECORD_SCHEMA = 1
@@ -100,23 +100,10 @@ def build_config(
     resolved_device = resolve_device(device)
     preset = preset or default_preset(resolved_device)
     overrides = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
-    params = method_cls.default_params(preset) if preset in _presets() else None
+    params = method_cls.default_params(preset) if preset in PRESETS else None  # resolve() names a bad preset
     cfg = resolve(method, task, preset, seed, resolved_device, overrides, params)
-    if cfg.probe.encoder.partition(":")[0] not in _encoders():
-        raise ConfigError(f"unknown encoder {cfg.probe.encoder!r}; choose from: {', '.join(_encoders())}")
+    ENCODERS.get(cfg.probe.encoder.partition(":")[0])  # an unknown encoder is a RegistryError naming the choices
     return cfg
-
-
-def _presets() -> list[str]:
-    from benchmark.config import PRESETS
-
-    return list(PRESETS)
-
-
-def _encoders() -> list[str]:
-    from benchmark.registry import ENCODERS
-
-    return ENCODERS.names()
 
 
 def seed_everything(seed: int) -> None:
