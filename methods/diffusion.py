@@ -579,7 +579,6 @@ class DiffusionMethod(Method):
             log.warning("%s: empty generation plan (no missing combinations); training set unchanged", self.name)
             return train
         images = self.synthesize(rows, ctx)
-        rows["group"] = ctx.task.groups(rows)
         synthetic = Split(images, rows, "synthetic")
         return concat([train, synthetic], "train")
 
