@@ -11,12 +11,73 @@ import dataclasses
 import hashlib
 import json
 import typing
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 
 class ConfigError(ValueError):
     """A bad preset, override key or value; the message names it and the valid choices."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# search ranges, declared with the field they belong to (used by `python -m benchmark tune`)
+
+
+@dataclass(frozen=True)
+class Search:
+    """The range ``tune`` searches for one field: a float or int interval (optionally log-scaled) or choices.
+
+    ``requires`` names a sibling field (the full ``--set`` key once :func:`search_space` has seen it): the field is
+    searched only when that one is non-zero in the trial's config.
+    """
+
+    kind: str  # "float", "int" or "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    requires: str | None = None
+
+    def suggest(self, trial: Any, key: str) -> Any:
+        """A value for ``key`` from an optuna trial."""
+        if self.kind == "categorical":
+            return trial.suggest_categorical(key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(key, float(self.low), float(self.high), log=self.log)
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            text = "{" + ", ".join(map(str, self.choices)) + "}"
+        else:
+            text = f"{self.kind} [{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+        return text + (f" if {self.requires} > 0" if self.requires else "")
+
+
+def tunable(
+    default: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    log: bool = False,
+    choices: tuple | list | None = None,
+    requires: str | None = None,
+) -> Any:
+    """A dataclass field with its default and its search range: ``C: float = tunable(1.0, low=1e-3, high=1e2,
+    log=True)``. An int default with int bounds is an int range; ``choices`` makes it categorical."""
+    if choices is not None:
+        choices = tuple(choices)
+        if default not in choices:
+            raise ValueError(f"tunable: default {default!r} is not one of the choices {choices}")
+        search = Search("categorical", choices=choices, requires=requires)
+    else:
+        if low is None or high is None or not low < high:
+            raise ValueError(f"tunable: expected low < high, got low={low!r}, high={high!r}")
+        if log and low <= 0:
+            raise ValueError(f"tunable: a log range needs low > 0, got {low!r}")
+        is_int = all(isinstance(v, int) and not isinstance(v, bool) for v in (default, low, high))
+        search = Search("int" if is_int else "float", low, high, log, requires=requires)
+    return field(default=default, metadata={"search": search})
 
 
 @dataclass(frozen=True)
@@ -62,7 +123,7 @@ class ProbeConfig:
     encoder: str = "fbank"  # a name from `python -m benchmark list` (fbank, uni, timm:<model>)
     encoder_weights: str = ""  # local weights file for uni / timm encoders (or $MEDIBENCH_UNI_WEIGHTS for uni)
     batch_size: int = 256
-    C: float = 1.0  # inverse L2 regularization of the logistic regression
+    C: float = tunable(1.0, low=1e-3, high=1e2, log=True)  # inverse L2 regularization of the logistic regression
     max_iter: int = 2000
     standardize: bool = True  # z-score embeddings (fitted on the training set) before the probe
     min_group_size: int = 10  # groups smaller than this are reported and flagged, and left out of worst-group acc
@@ -285,3 +346,25 @@ def describe_fields(cls: type, prefix: str) -> list[tuple[str, str, Any]]:
         tname = getattr(types[f.name], "__name__", str(types[f.name]))
         out.append((f"{prefix}.{f.name}", tname, default))
     return out
+
+
+def search_space(cfg: RunConfig) -> dict[str, Search]:
+    """Every field of ``cfg`` declared with :func:`tunable`, keyed by its ``--set`` key (``probe.C``,
+    ``method.lr``, ...), in declaration order. A field whose ``requires`` sibling is zero in ``cfg`` and not itself
+    searched is left out (e.g. ``method.guidance_scale`` without ``method.cond_dropout`` > 0)."""
+    sections = (("data", cfg.data), ("split", cfg.split), ("probe", cfg.probe), ("method", cfg.method_params))
+    space: dict[str, Search] = {}
+    for prefix, obj in sections:
+        if obj is None:
+            continue
+        for f in fields(obj):
+            search = f.metadata.get("search")
+            if search is None:
+                continue
+            if search.requires is not None:
+                required = f"{prefix}.{search.requires}"
+                if required not in space and not getattr(obj, search.requires):
+                    continue
+                search = replace(search, requires=required)
+            space[f"{prefix}.{f.name}"] = search
+    return space

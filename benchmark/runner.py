@@ -245,8 +245,15 @@ class _RunLock:
         self.path.unlink(missing_ok=True)
 
 
-def run_one(cfg: RunConfig, results_dir: Path | str = "results", force: bool = False, progress: bool = True) -> dict:
-    """Run ``cfg`` (or reuse its finished record) and return the record."""
+def run_one(
+    cfg: RunConfig,
+    results_dir: Path | str = "results",
+    force: bool = False,
+    progress: bool = True,
+    tags: dict[str, str] | None = None,
+) -> dict:
+    """Run ``cfg`` (or reuse its finished record) and return the record. ``tags``: extra MLflow run tags (e.g.
+    ``optuna_trial``); a reused run is not logged again, so it keeps the tags it was made with."""
     from benchmark import tracking
 
     results_dir = Path(results_dir)
@@ -262,16 +269,19 @@ def run_one(cfg: RunConfig, results_dir: Path | str = "results", force: bool = F
     tracking.check_reachable(uri)
     with _RunLock(run_dir):
         (run_dir / "record.json").unlink(missing_ok=True)
-        return _run_locked(cfg, results_dir, run_dir, progress)
+        return _run_locked(cfg, results_dir, run_dir, progress, tags)
 
 
-def _run_locked(cfg: RunConfig, results_dir: Path, run_dir: Path, progress: bool) -> dict:
+def _run_locked(
+    cfg: RunConfig, results_dir: Path, run_dir: Path, progress: bool, extra_tags: dict[str, str] | None = None
+) -> dict:
     from benchmark import tracking
 
     started = time.time()
     cache_dir = results_dir / "cache"
     commit = git_commit()
     tags = {
+        **{k: str(v) for k, v in (extra_tags or {}).items()},  # the runner's own tags below take precedence
         "method": cfg.method,
         "task": cfg.task,
         "preset": cfg.preset,

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark.config import tunable
 from benchmark.data import UNKNOWN, Split, concat
 from benchmark.generation import PLAN_MODES, expand_plan, generation_plan
 from benchmark.protocols import Context, Method
@@ -72,10 +73,10 @@ class Params:
     ndf: int = 32  # discriminator width of the first layer
     n_layers_d: int = 2  # PatchGAN strided layers (3: 70x70 receptive field; 2: 34x34, for 32 px patches)
     # losses
-    lambda_cycle: float = 10.0
+    lambda_cycle: float = tunable(10.0, low=1.0, high=20.0)
     lambda_identity: float = 0.5  # identity loss weight, relative to lambda_cycle (as in the reference)
     # optimization
-    lr: float = 2e-4
+    lr: float = tunable(2e-4, low=5e-5, high=1e-3, log=True)
     beta1: float = 0.5
     beta2: float = 0.999
     batch_size: int = 32  # reference: 1
@@ -87,7 +88,7 @@ class Params:
     train_seed: int = 0  # initial weights and batches; fixed so every run seed shares the model
     # what augment() synthesizes
     plan: str = "fill"  # generation plan (benchmark.generation): fill or balance
-    ratio: float = 1.0  # synthetic patches per real training patch
+    ratio: float = tunable(1.0, low=0.25, high=2.0)  # synthetic patches per real training patch
     attributes: tuple[str, ...] = ("tissue_source_site", "race")  # the plan's combinations (race: metadata only)
     # bookkeeping (not part of the model)
     sample_batch_size: int = 128

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark.config import tunable
 from benchmark.data import UNKNOWN, Split, concat
 from benchmark.generation import class_totals, expand_plan, generation_plan
 from benchmark.protocols import Context, Method
@@ -42,7 +43,9 @@ CATEGORICAL = ("tissue_source_site", "race", "gender")
 
 @dataclass(frozen=True)
 class DiffusionParams:
-    """Every hyperparameter of the diffusion methods (cpu-preset defaults; see ``PRESETS``)."""
+    """Every hyperparameter of the diffusion methods (cpu-preset defaults; see ``PRESETS``).
+
+    ``tunable(...)`` fields carry the range ``python -m benchmark tune`` searches."""
 
     # conditioning
     attributes: tuple[str, ...] = ("tissue_source_site", "race")  # () = class only (cls)
@@ -56,7 +59,7 @@ class DiffusionParams:
     # training
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = tunable(5e-4, low=1e-4, high=2e-3, log=True)
     adam_beta1: float = 0.95
     adam_beta2: float = 0.999
     weight_decay: float = 1e-6
@@ -71,11 +74,13 @@ class DiffusionParams:
     train_seed: int = 0
     # sampling and the generation plan (not part of the trained model's cache key)
     sampler: str = "ddim"  # ddim | dpmpp (DPM-Solver++)
-    sampling_steps: int = 50
-    guidance_scale: float = 1.0  # classifier-free guidance; 1 = off (the paper)
+    sampling_steps: int = tunable(50, low=10, high=50)
+    # classifier-free guidance; 1 = off (the paper). Only meaningful for a model trained with cond_dropout > 0
+    # (validate() rejects it otherwise), so tune searches it only when cond_dropout > 0 (requires=...)
+    guidance_scale: float = tunable(1.0, low=1.0, high=3.0, requires="cond_dropout")
     sample_batch_size: int = 128
     plan: str = "fill"  # fill (counterfactual combinations, the paper's OOD mode) | balance
-    synthetic_ratio: float = 1.0  # synthetic patches per real training patch
+    synthetic_ratio: float = tunable(1.0, low=0.25, high=2.0)  # synthetic patches per real training patch
     fid_max_per_class: int = 256  # cap on generated images per class for the FID evaluation
 
 

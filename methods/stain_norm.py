@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark.config import tunable
 from benchmark.data import Split, materialize
 from benchmark.protocols import Context, Method
 from benchmark.registry import METHODS
@@ -41,7 +42,8 @@ _RANGE_TOLERANCE = 0.5  # a normalized value outside [-0.5, 255.5] is out of ran
 class Params:
     """Hyperparameters of stain normalization (``--set method.<field>=...``)."""
 
-    normalizer: str = "macenko"  # "macenko" (stain vectors + concentrations) or "reinhard" (LAB mean / std)
+    # "macenko" (stain vectors + concentrations) or "reinhard" (LAB mean / std)
+    normalizer: str = tunable("macenko", choices=NORMALIZERS)
     reference_site: str = ""  # TSS code of the reference site; "" = the training site with the most patches
     reference_image: str = ""  # an RGB image file used as the reference instead of a training patch
     io: float = 240.0  # transmitted light intensity (Macenko's Io; also the tissue test of both normalizers)
