@@ -262,6 +262,7 @@ def run_one(
     if not force:
         record = load_record(run_dir)
         if record is not None:
+            tracking.append_record(results_dir, record, if_missing=True)
             record["reused"] = True
             return record
     # 2. fail early: the tracking store must be reachable before any work starts
@@ -331,9 +332,9 @@ def _run_locked(
     )
     tracker.log_metrics({"duration_s": record["duration_s"]})
     atomic_write_json(run_dir / "record.json", record)
+    tracking.append_record(results_dir, record)
     tracker.log_artifact(run_dir / "record.json")
     tracker.finish("FINISHED")
-    tracking.append_record(results_dir, record)
     record["reused"] = False
     return record
 

@@ -64,15 +64,31 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _client(uri: str, results_dir: Path):
+    """An MlflowClient; a local sqlite store is created (its schema migrated) by one process at a time, since
+    parallel workers creating it at once collide in alembic's migrations."""
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / ".mlflow-init.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # creates and migrates the store if needed
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
 class Tracker:
     """One MLflow run, driven through MlflowClient (no global active run, so parallel workers do not collide)."""
 
     def __init__(self, results_dir: Path, experiment: str, run_name: str, tags: dict[str, str], params: dict):
         _quiet_mlflow()
-        from mlflow.tracking import MlflowClient
-
         self.uri = tracking_uri(results_dir)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri, results_dir)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = None
@@ -123,14 +139,27 @@ class Tracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
-def append_record(results_dir: Path, record: dict) -> Path:
-    """Append one JSON line to ``results_dir/results.jsonl`` (locked, flushed; safe with parallel workers)."""
+def append_record(results_dir: Path, record: dict, if_missing: bool = False) -> Path:
+    """Append one JSON line to ``results_dir/results.jsonl`` (locked, flushed; safe with parallel workers).
+
+    ``if_missing``: only if no line has the same ``run_id`` and ``started`` (a run interrupted between writing its
+    record.json and this line is completed when it is next reused)."""
     path = results_dir / "results.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True, default=str) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
+    with open(path, "a+", encoding="utf-8") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            if if_missing:
+                fh.seek(0)
+                ident = (record.get("run_id"), record.get("started"))
+                for existing in fh:
+                    try:
+                        rec = json.loads(existing)
+                    except json.JSONDecodeError:
+                        continue
+                    if (rec.get("run_id"), rec.get("started")) == ident:
+                        return path
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
@@ -151,3 +180,14 @@ def read_records(results_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def attach_artifact(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Add a file to an existing (possibly finished) MLflow run, e.g. a figure drawn after the run."""
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path), artifact_path)
+    except Exception as exc:
+        raise TrackingError(f"could not attach {path} to MLflow run {run_id} at {uri}: {exc}") from None

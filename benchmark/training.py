@@ -9,6 +9,7 @@ atomically every N steps; a killed run resumes from the newest one. Randomness i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -64,6 +65,24 @@ class Checkpoints:
 
     def is_done(self) -> bool:
         return self.final_path.is_file() and (self.folder / "done.json").is_file()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold the model's training lock (``flock``; released by the OS if the process dies). A second process
+        that wants the same model (a sweep worker running another seed) waits here, then finds it trained."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".train.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting: another process is training %s", self.folder)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def latest(self) -> tuple[int, Path] | None:
         found = self._all()

@@ -485,6 +485,11 @@ class CycleGAN(Method):
         ckpts = Checkpoints(self.model_dir(train, ctx))
         report = ctx.report.setdefault(self.name, {})
         report.update(model_dir=str(ckpts.folder), n_sites=len(self.vocabulary) - 1)
+        with ckpts.exclusive():  # one trainer per model; other processes wait, then load it
+            return self._load_or_train(train, ctx, images, domains, ckpts, report, stop_after)
+
+    def _load_or_train(self, train: Split, ctx: Context, images: np.ndarray, domains: np.ndarray,
+                       ckpts: Checkpoints, report: dict, stop_after: int | None) -> bool:
         generator, _ = build_networks(self.params, len(self.vocabulary))
         # 1. a finished model: load it
         if ckpts.is_done():

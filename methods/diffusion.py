@@ -67,7 +67,7 @@ class DiffusionParams:
     grad_clip: float = 1.0
     ema: bool = True
     ema_decay: float = 0.999
-    mixed_precision: str = "auto"  # auto (fp16/bf16 on CUDA, fp32 on CPU where bf16 was measured slower), no, bf16, fp16
+    mixed_precision: str = "auto"  # auto (fp16/bf16 on CUDA; fp32 on CPU, where bf16 measured slower), no, bf16, fp16
     num_train_timesteps: int = 1000
     flips: bool = True  # random flips and 90-degree rotations (histology has no orientation)
     checkpoint_every: int = 500
@@ -546,6 +546,22 @@ class DiffusionMethod(Method):
 
     # 1. fit
     def fit(self, train: Split, ctx: Context) -> None:
+        ckpt = self._prepare(train, ctx)
+        if self._load_cached(ckpt, ctx):
+            return
+        with ckpt.exclusive():  # one trainer per model; other processes (sweep workers) wait, then load it
+            if self._load_cached(ckpt, ctx):
+                return
+            ctx.report["model_reused"] = False
+            stats = train_diffusion(self.model, train.load(), ckpt, ctx)
+            ctx.report.update(stats)
+
+    def load(self, train: Split, ctx: Context) -> bool:
+        """Load the model trained on ``train`` with these parameters if the cache has it; never trains."""
+        return self._load_cached(self._prepare(train, ctx), ctx)
+
+    def _prepare(self, train: Split, ctx: Context):
+        """Build the untrained model for ``train`` and return its checkpoint folder (content-addressed)."""
         from benchmark.training import Checkpoints, model_key
 
         attrs = [a for a in self.params.attributes if a not in NUMERIC]
@@ -554,18 +570,18 @@ class DiffusionMethod(Method):
         key = model_key(self.name, self.training_params(), train.fingerprint(), MODEL_VERSION,
                         {"classes": classes, "device_kind": "gpu" if ctx.device == "cuda" else ctx.device})
         folder = ctx.cache_dir / "models" / "diffusion" / key
-        ckpt = Checkpoints(folder)
         self.model = DiffusionModel(self.params, classes, vocab, train.image_size)
         ctx.report["model_dir"] = str(folder)
         ctx.report["model_parameters"] = sum(p.numel() for m in self.model.modules() for p in m.parameters())
-        if ckpt.is_done():
-            self.model.load_tensors(ckpt.load_final())
-            ctx.report["model_reused"] = True
-            log.info("%s: reusing trained model %s", self.name, folder)
-            return
-        ctx.report["model_reused"] = False
-        stats = train_diffusion(self.model, train.load(), ckpt, ctx)
-        ctx.report.update(stats)
+        return Checkpoints(folder)
+
+    def _load_cached(self, ckpt, ctx: Context) -> bool:
+        if not ckpt.is_done():
+            return False
+        self.model.load_tensors(ckpt.load_final())
+        ctx.report["model_reused"] = True
+        log.info("%s: reusing trained model %s", self.name, ckpt.folder)
+        return True
 
     # 2. augment with the generation plan
     def plan(self, train: Split, ctx: Context) -> pd.DataFrame:
