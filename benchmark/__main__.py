@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark {run,list,report,ui} ...`` (also installed as ``medibench``).
+"""Command line: ``python -m benchmark {run,list,report,sweep,tune,samples,perf,ui} ...`` (also ``medibench``).
 
 Only argument parsing and printing live here; the work is in runner.py and friends. Heavy libraries are imported
 inside the commands, so ``--help`` and ``list`` stay fast.
@@ -32,6 +32,15 @@ examples:
 
 results: <out>/runs/<task>/<method>/<method>-<task>-s<seed>-<hash>/record.json, one line per finished run in
 <out>/results.jsonl, and an MLflow run (local store <out>/mlflow.db, or $MLFLOW_TRACKING_URI)."""
+
+
+SWEEP_EPILOG = """\
+examples:
+  python -m benchmark sweep --preset smoke --dry-run
+  python -m benchmark sweep --methods all --tasks all --seeds 3 --preset cpu
+  python -m benchmark sweep --methods none,medi --tasks nsclc --seeds 0,1,2 --workers 2
+  # several machines: the same command on each, one database and one MLflow server for all
+  MLFLOW_TRACKING_URI=http://tracking:5000 python -m benchmark sweep --queue postgresql://user@db/medibench"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +112,110 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
     rep.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired tests (default 2000)")
     rep.add_argument("--no-pdf", action="store_true", help="write only the HTML page")
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run every method x task x seed (resumable, parallel, several machines)",
+        description="Run a grid of methods x tasks x seeds through the same runner as `run`. Jobs are "
+        "content-addressed: a finished run (its record exists) is skipped, so an interrupted sweep is resumed by "
+        "running the same command again. Jobs are claimed through a SQL table (--queue; sqlite in the results "
+        "folder by default): point several machines at one database (e.g. postgresql://...) and one MLflow "
+        "server (MLFLOW_TRACKING_URI) and they share the work without running a job twice. Seed 0 of every "
+        "method and task runs first, so workers train different generative models and later seeds reuse them.",
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument("--methods", default="all", help="'all' or a comma-separated list (default all)")
+    sw.add_argument("--tasks", default="all", help="'all' or a comma-separated list (default all)")
+    sw.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,5,7); default 3")
+    sw.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
+    sw.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sw.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="config overrides applied to every job (keys: `list --keys`)")
+    sw.add_argument("--workers", type=int, default=1,
+                    help="parallel worker processes on this machine; each gets cores/workers threads (default 1)")
+    sw.add_argument("--queue", default=None, metavar="URL",
+                    help="SQLAlchemy URL of the job table shared by all workers (default sqlite:///<out>/sweep.db)")
+    sw.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS",
+                    help="a claim without a heartbeat for this long is taken over (default 600; heartbeat 30 s)")
+    sw.add_argument("--dry-run", action="store_true", help="list the jobs and which are done; run nothing")
+    sw.add_argument("--out", type=Path, default=Path("results"), help="results folder (default ./results)")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
+
+    tune = sub.add_parser(
+        "tune",
+        help="search a method's hyperparameters with optuna (validation worst-group accuracy)",
+        description="Search the tunable hyperparameters of a method (declared with their ranges in the config "
+        "dataclasses; --set fixes one) with optuna's TPE sampler. A trial runs --seeds run seeds through the same "
+        "runner as `run` and scores the mean validation worst-group accuracy (validation balanced accuracy when no "
+        "group is large enough); a median pruner stops poor trials after a seed. Test splits are never used for "
+        "choosing. The study lives in --storage (sqlite in the results folder by default; any SQLAlchemy URL): "
+        "--trials N runs until the study has N finished trials, so the same command resumes it, and several "
+        "workers can share one study. --best re-runs the best trial with fresh seeds (1000, ...) and prints val "
+        "and test metrics.",
+        epilog="examples:\n"
+        "  python -m benchmark tune --method none --task nsclc --preset smoke --trials 10\n"
+        "  python -m benchmark tune --method medi --task nsclc --trials 30 --storage postgresql://user@db/optuna\n"
+        "  python -m benchmark tune --method medi --task nsclc --best",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("--method", required=True, help="augmentation method (see `list`)")
+    tune.add_argument("--task", required=True, help="task (see `list`)")
+    tune.add_argument("--trials", type=int, default=None, help="run until the study has N finished trials")
+    tune.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
+    tune.add_argument("--storage", default=None, metavar="URL",
+                      help="optuna storage, any SQLAlchemy URL (default sqlite:///<out>/optuna.db)")
+    tune.add_argument("--study", default=None, metavar="NAME", help="study name (default <method>-<task>-<preset>)")
+    tune.add_argument("--seeds", type=int, default=2, help="run seeds per trial, 0..K-1 (default 2)")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default 0)")
+    tune.add_argument("--best", action="store_true", help="re-run the best trial with fresh seeds and print metrics")
+    tune.add_argument("--best-seeds", type=int, default=3, help="fresh seeds for --best: 1000.. (default 3)")
+    tune.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                      help="fixed config overrides (a tunable key given here is not searched)")
+    tune.add_argument("--out", type=Path, default=Path("results"), help="results folder (default ./results)")
+    tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    sam = sub.add_parser(
+        "samples",
+        help="real vs CLS vs MeDi per site (the paper's Figure 4), with the colour match measured",
+        description="Load the trained cls and medi models of a task from the model cache (never trains: run "
+        "`run --method cls` and `run --method medi` first), draw real, class-only and MeDi patches for the largest "
+        "sites of every class (including counterfactual cells: a class at a site that has none of it in training) "
+        "and measure how well each reproduces the site's staining: CIELAB delta-E between the generated patches' "
+        "mean colour and the site's real mean colour, and the share of patches whose colour is nearest to the "
+        "conditioned site. Writes <out>/figures/samples_<task>.png and .csv and attaches the figure to the newest "
+        "medi run of the task in MLflow.",
+    )
+    sam.add_argument("--task", default="nsclc", help="task (default nsclc)")
+    sam.add_argument("--preset", default=None, help="preset the models were trained with (default: as `run`)")
+    sam.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sam.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                     help="the overrides the models were trained with, if any")
+    sam.add_argument("--sites", type=int, default=3, help="sites per class (default 3)")
+    sam.add_argument("--n", type=int, default=32, help="generated patches per class and site for the colour "
+                     "measurement (default 32; the figure shows 4)")
+    sam.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
+    sam.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
+    sam.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    pf = sub.add_parser(
+        "perf",
+        help="measure every stage against a named reference in the same run; JSON + markdown table",
+        description="Speed of every stage against a straightforward reference, measured in the same run (reference, "
+        "ours, reference again) in a fresh process per stage: data generation and loading, diffusion training "
+        "(against a plain fp32 diffusers loop), sampling (DPM-Solver++ against DDIM-50, with FIDs when a trained "
+        "nsclc medi model is in --results), embedding, FID features, CycleGAN training, and the end-to-end run of "
+        "every method with peak memory. Writes --out (JSON) and the same name with .md (the table the README "
+        "quotes). Run it on an otherwise idle machine: other processes distort every figure.",
+    )
+    pf.add_argument("--preset", default="smoke", choices=["smoke", "cpu"], help="sizes to measure (default smoke)")
+    pf.add_argument("--stages", default="all", help="'all' or a comma-separated list of: " + ", ".join(
+        ("generate", "load", "embed", "fid_features", "diffusion_train", "sampling", "cyclegan_train", "e2e")))
+    pf.add_argument("--methods", default="all", help="methods of the e2e stage (default all)")
+    pf.add_argument("--threads", type=int, default=0, help="torch threads per stage (default: all cores)")
+    pf.add_argument("--results", type=Path, default=Path("results"),
+                    help="where to look for a trained nsclc medi model for the sampler FIDs (default ./results)")
+    pf.add_argument("--out", type=Path, default=None, help="JSON output (default reports/perf_<preset>.json)")
 
     ui = sub.add_parser(
         "ui",
@@ -211,6 +324,125 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark import sweep
+    from benchmark.config import ConfigError
+    from benchmark.registry import METHODS, TASKS, load_plugins
+
+    load_plugins()
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    methods = sweep.parse_names(args.methods, METHODS.names(), "methods")
+    tasks = sweep.parse_names(args.tasks, TASKS.names(), "tasks")
+    seeds = sweep.parse_seeds(args.seeds)
+    jobs = sweep.plan_jobs(methods, tasks, seeds, args.preset, args.device, args.overrides, args.out)
+    queue = sweep.Queue(args.queue or sweep.default_queue_url(args.out), args.stale_after)
+    prep = sweep.prepare(jobs, queue, args.out)
+    rows = sweep.status_rows(jobs, queue)
+    counts = {s: sum(r["state"] == s for r in rows) for s in sweep.STATES}
+    preset = jobs[0].cfg.preset if jobs else args.preset
+    print(f"sweep: {len(methods)} method(s) x {len(tasks)} task(s) x {len(seeds)} seed(s) = {len(jobs)} jobs "
+          f"(preset {preset}); done {counts['done']}, running elsewhere {counts['running']}, "
+          f"to run {counts['pending']}" + (f" (retrying {prep['retried']} failed)" if prep["retried"] else ""))
+    print(f"queue: {queue.url}")
+    if args.dry_run:
+        print(f"{'#':>4}  {'job':<28} {'run hash':<13} {'state':<8} where")
+        for i, r in enumerate(rows, 1):
+            job = r["job"]
+            print(f"{i:>4}  {job.name:<28} {job.key:<13} {r['state']:<8} {r['where']}")
+        return 0
+    spec = dict(methods=methods, tasks=tasks, seeds=seeds, preset=args.preset, device=args.device,
+                overrides=args.overrides, stale_after=args.stale_after)
+    result = sweep.run_sweep(jobs, queue, args.out, args.workers, spec, progress=not args.no_progress)
+    rows = sweep.status_rows(jobs, queue)
+    done = sum(r["state"] == "done" for r in rows)
+    failed = [r for r in rows if r["state"] == "failed"]
+    print(f"sweep finished: {done}/{len(jobs)} jobs done" + (f", {len(failed)} failed:" if failed else ""))
+    for r in failed:
+        print(f"  {r['job'].name}: {r['where']}")
+    if failed:
+        print("rerun the same command to retry the failed jobs")
+    del result
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from benchmark.tune import TuneError, cli
+
+    try:
+        return cli(args)
+    except TuneError as exc:  # an unusable storage, nothing to evaluate
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from benchmark import compare, tracking
+    from benchmark.cache import atomic_file
+    from benchmark.config import ConfigError
+    from benchmark.registry import TASKS, load_plugins
+
+    load_plugins()
+    TASKS.get(args.task)
+    if args.sites < 1 or args.n < 1:
+        raise ConfigError(f"--sites and --n must be >= 1, got {args.sites} and {args.n}")
+    result = compare.compare(args.task, args.preset, args.device, args.overrides, args.results,
+                             per_class=args.sites, n_eval=args.n, progress=not args.no_progress)
+    folder = args.out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    png, csv = folder / f"samples_{args.task}.png", folder / f"samples_{args.task}.csv"
+    with atomic_file(png) as fh:
+        fh.write(result.png)
+    with atomic_file(csv) as fh:
+        fh.write(result.table.to_csv(index=False, float_format="%.4f").encode())
+    t = result.table
+    print(f"{'class':<8} {'site':<26} {'cell':<15} {'dE CLS':>7} {'dE MeDi':>8} {'match CLS':>10} {'match MeDi':>11}")
+    for _, r in t.iterrows():
+        print(f"{r['cancer_type']:<8} {r['tissue_source_site'][:26]:<26} {r['cell']:<15} {r['cls_delta_e']:>7.2f} "
+              f"{r['medi_delta_e']:>8.2f} {r['cls_site_match']:>10.2f} {r['medi_site_match']:>11.2f}")
+    s = result.summary
+    print(f"mean delta-E to the site's colour: CLS {s['cls_delta_e']:.2f}, MeDi {s['medi_delta_e']:.2f}; "
+          f"site match: CLS {s['cls_site_match']:.2f}, MeDi {s['medi_site_match']:.2f} "
+          f"(chance {s['chance_site_match']:.2f} over {int(s['n_sites'])} sites)")
+    print(f"wrote {png} and {csv}")
+    preset = args.preset or build_default_preset(args.device)
+    found = compare.latest_run_id(args.results, "medi", args.task, preset)
+    if found:
+        tracking.attach_artifact(found[0], found[1], png, "figures")
+        print(f"attached to MLflow run {found[1]} ({found[0]})")
+    return 0
+
+
+def build_default_preset(device: str) -> str:
+    from benchmark.config import default_preset
+    from benchmark.runner import resolve_device
+
+    return default_preset(resolve_device(device))
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    import os
+
+    from benchmark import perf
+    from benchmark.registry import METHODS, load_plugins
+    from benchmark.sweep import parse_names
+
+    load_plugins()
+    stages = parse_names(args.stages, list(perf.STAGES), "stages")
+    methods = parse_names(args.methods, METHODS.names(), "methods")
+    if "none" not in methods:
+        methods.insert(0, "none")  # the e2e reference
+    threads = args.threads or (os.cpu_count() or 1)
+    print(f"perf: preset {args.preset}, stages {', '.join(stages)}, {threads} thread(s); keep the machine idle")
+    record = perf.run_perf(args.preset, stages, args.results, methods, threads)
+    out = args.out or Path("reports") / f"perf_{args.preset}.json"
+    json_path, md_path = perf.write_outputs(record, out)
+    print()
+    print(record["markdown"])
+    print(f"\nwrote {json_path} and {md_path} ({record['duration_s'] / 60:.1f} min)")
+    return EXIT_FAILED if record["errors"] else 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from benchmark.ui import serve_ui
 
@@ -234,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.config import ConfigError
     from benchmark.registry import RegistryError
 
-    commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "ui": cmd_ui}
+    commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "sweep": cmd_sweep, "tune": cmd_tune,
+                "samples": cmd_samples, "perf": cmd_perf, "ui": cmd_ui}
     try:
         return commands[args.command](args)
     except (ConfigError, RegistryError) as exc:
@@ -252,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: BaseException) -> bool:
     """Errors whose message is the whole story (bad data, unreachable server); anything else keeps its traceback."""
-    names = {"DataError", "SplitError", "RunError", "TrackingError", "TrainingError", "ReportError"}
+    names = {"DataError", "SplitError", "RunError", "TrackingError", "TrainingError", "ReportError", "SweepError",
+             "CompareError"}
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 
