@@ -144,9 +144,15 @@ def test_medi_and_cls_plan_the_same_totals_per_class(smoke_splits, tmp_path):
 def test_smoke_training_samples_in_range_with_metadata_and_is_cached(smoke_splits, tmp_path):
     task, splits = smoke_splits
     ctx = make_ctx(task, tmp_path)
+    logged = []
+    ctx.log_artifact = logged.append
     method = MeDi(MeDi.default_params("smoke"))
     method.fit(splits["train"], ctx)
     assert ctx.report["model_reused"] is False
+    # a sample grid every preview_every (6) of the 12 steps, logged as an artifact
+    grids = sorted((tmp_path / "figures" / "training").glob("samples_step*.png"))
+    assert [g.name for g in grids] == ["samples_step0000006.png", "samples_step0000012.png"]
+    assert logged == grids and grids[0].read_bytes()[:4] == b"\x89PNG"
     out = method.augment(splits["train"], ctx)
     syn = out.metadata[out.metadata["is_synthetic"]]
     assert len(syn) == ctx.report["n_synthetic"] > 0
