@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import random
+import resource
 import socket
 import subprocess
 import time
@@ -328,6 +329,8 @@ def _run_locked(
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            # the process's peak resident memory so far (a sweep worker's covers its earlier jobs too)
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
     )
     tracker.log_metrics({"duration_s": record["duration_s"]})

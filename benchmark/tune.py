@@ -87,6 +87,10 @@ def _print(*args: Any) -> None:
     print(*args, flush=True)  # one line per trial, visible at once through a pipe or a log file
 
 
+HEARTBEAT_S = 60
+GRACE_S = 600
+
+
 def default_storage(out: Path | str) -> str:
     return f"sqlite:///{(Path(out) / 'optuna.db').resolve()}"
 
@@ -154,7 +158,9 @@ def open_storage(storage: str):
 
     shown = display_url(storage)
     try:
-        return optuna.storages.RDBStorage(storage)
+        # heartbeats: a trial whose worker died on any host (no heartbeat for grace_period s) is failed by the
+        # next worker's optimize(), so a study shared across machines does not keep it RUNNING forever
+        return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except sa_exc.ArgumentError as exc:  # unparsable URL or unknown dialect (NoSuchModuleError)
         raise ConfigError(f"--storage {shown!r}: not a usable SQLAlchemy URL ({_first_line(exc)}); "
                           f"e.g. sqlite:///results/optuna.db or postgresql://user@host/db") from None

@@ -638,11 +638,13 @@ class CycleGAN(Method):
         log.info("cyclegan: mean delta-E to the target site's colour %.2f -> %.2f", before.mean(), after.mean())
 
     def _sample_grid(self, ctx: Context, n_targets: int = 6, n_sources: int = 6) -> Path | None:
-        """A PNG: top row a real patch of each target site; below, sources (left) translated into each site."""
-        from PIL import Image
+        """A labelled PNG: the first row shows a real patch of each target site; below, each source patch (left
+        column, labelled with its site and class) translated into every target site."""
+        from benchmark.reporting import grid_png, mosaic
 
         real = self.train_split
         sites = real.metadata["tissue_source_site"].astype(str)
+        classes = real.metadata["cancer_type"].astype(str)
         counts = sites.value_counts()
         targets = sorted(counts.index[:n_targets], key=lambda s: (-counts[s], s))
         if not targets:
@@ -658,20 +660,19 @@ class CycleGAN(Method):
                     src_idx.append(int(i))
         src_idx = src_idx[:n_sources]
         imgs = np.asarray(real.images)
-        size = real.image_size
-        blank = np.full((size, size, 3), 255, dtype=np.uint8)
-        header = [blank] + [imgs[int(np.flatnonzero((sites == t).to_numpy())[0])] for t in targets]
-        rows = [np.concatenate(header, axis=1)]
-        for i in src_idx:
+        cells = {(0, 1 + c): imgs[[int(np.flatnonzero((sites == t).to_numpy())[0])]] for c, t in enumerate(targets)}
+        labels = ["real patch of the target site"]
+        for r, i in enumerate(src_idx, start=1):
             translated = self.translate(np.repeat(imgs[i : i + 1], len(targets), axis=0), targets, ctx)
-            rows.append(np.concatenate([imgs[i], *translated], axis=1))
-        grid = np.concatenate(rows, axis=0)
-        # white separators after the header row and the source column
-        grid = np.insert(grid, size, 255, axis=0)
-        grid = np.insert(grid, size, 255, axis=1)
-        scale = max(1, 96 // size)
-        path = Path(ctx.run_dir) / "cyclegan_samples.png"
+            cells[(r, 0)] = imgs[i : i + 1]
+            for c in range(len(targets)):
+                cells[(r, 1 + c)] = translated[c : c + 1]
+            labels.append(f"{classes.iloc[i]} from {sites.iloc[i]}")
+        canvas = mosaic(cells, len(labels), 1 + len(targets), per_cell=1, tile=64)
+        png = grid_png(canvas, labels, ["source patch", *targets],
+                       "cyclegan: source patches (left) translated into each target site", col_title="target site")
+        path = Path(ctx.run_dir) / "figures" / "cyclegan_samples.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+        path.write_bytes(png)
         ctx.log_artifact(path)
         return path

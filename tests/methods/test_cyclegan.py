@@ -70,7 +70,7 @@ def test_smoke_training_outputs_keep_shape_range_and_carry_the_target_metadata(n
     assert images.shape == (5, *train.images.shape[1:]) and images.dtype == np.uint8
     assert images.std() > 0
     assert ctx.report["cyclegan"]["synthesize"]["unknown_target_sites"] == 1
-    assert Path(ctx.run_dir, "cyclegan_samples.png").is_file()
+    assert Path(ctx.run_dir, "figures", "cyclegan_samples.png").read_bytes()[:4] == b"\x89PNG"
     shift = ctx.report["cyclegan"]["colour_shift"]
     assert shift["distance_to_target_before"] > 0 and 0 <= shift["share_moved_closer"] <= 1
 
