@@ -404,6 +404,11 @@ def cmd_samples(args: argparse.Namespace) -> int:
     print(f"mean delta-E to the site's colour: CLS {s['cls_delta_e']:.2f}, MeDi {s['medi_delta_e']:.2f}; "
           f"site match: CLS {s['cls_site_match']:.2f}, MeDi {s['medi_site_match']:.2f} "
           f"(chance {s['chance_site_match']:.2f} over {int(s['n_sites'])} sites)")
+    nan = float("nan")
+    cf_cls, cf_medi = s.get("cls_class_fidelity_counterfactual", nan), s.get("medi_class_fidelity_counterfactual", nan)
+    print(f"probe on real patches: class fidelity CLS {s['cls_class_fidelity']:.2f}, MeDi "
+          f"{s['medi_class_fidelity']:.2f} (counterfactual cells: CLS {cf_cls:.2f}, MeDi {cf_medi:.2f}); "
+          f"site fidelity CLS {s['cls_site_fidelity']:.2f}, MeDi {s['medi_site_fidelity']:.2f}")
     print(f"wrote {png} and {csv}")
     preset = args.preset or build_default_preset(args.device)
     found = compare.latest_run_id(args.results, "medi", args.task, preset)

@@ -7,7 +7,11 @@ MeDi samples conditioned on that site, and measures how well each reproduces the
 - delta-E: CIELAB distance between the mean colour of the generated patches and the mean colour of the site's real
   training patches (all classes; the site's staining is a property of the site);
 - site match: the share of generated patches whose mean colour is nearest to the conditioned site's real mean among
-  all training sites (chance = 1 / number of sites).
+  all training sites (chance = 1 / number of sites);
+- class and site fidelity in the probe's feature space: the share of generated patches that a linear probe trained
+  on the real training patches (the default encoder, as in the evaluation) assigns to the conditioned class, and
+  to the conditioned site. Augmentation can only teach what the synthetic patches carry: class morphology (class
+  fidelity well above chance) at a site's staining (site fidelity).
 
 Columns include counterfactual cells (a class at a site that has no patch of it in training): there MeDi must
 carry the site's staining over to a class it never saw at that site, which is what the augmentation relies on.
@@ -41,13 +45,17 @@ class Comparison:
 
 
 def pick_sites(meta: pd.DataFrame, classes: list[str], per_class: int) -> list[str]:
-    """The ``per_class`` largest training sites of each class not already chosen (so every class has real columns
-    and, where sites are single-type, the other classes counterfactual ones), in class order."""
+    """For each class, its ``per_class`` largest training sites not already chosen, sites with no other class
+    first (so every class has real columns and the other classes counterfactual ones there), in class order."""
+    site_col = meta["tissue_source_site"].astype(str)
+    n_types = meta.groupby(site_col)["cancer_type"].nunique()
     sites: list[str] = []
     for c in classes:
-        counts = meta.loc[meta["cancer_type"] == c, "tissue_source_site"].astype(str).value_counts()
-        new = [s for s in counts.index if s not in sites and s != UNKNOWN][:per_class]
-        sites.extend(new)
+        counts = site_col[meta["cancer_type"] == c].value_counts()
+        ranked = [s for s in counts.index if s not in sites and s != UNKNOWN]
+        # single-type sites first: there every other class is a counterfactual cell
+        ranked = sorted(ranked, key=lambda s: (n_types.get(s, 1) > 1, -counts[s]))
+        sites.extend(ranked[:per_class])
     return sites
 
 
@@ -147,6 +155,18 @@ def compare(
             summary[f"{name}_delta_e_counterfactual"] = float(cf[f"{name}_delta_e"].mean())
             summary[f"{name}_site_match_counterfactual"] = float(cf[f"{name}_site_match"].mean())
 
+    # class and site fidelity: probes trained on the real training patches in the evaluation's feature space
+    fid_cols = fidelity(np.asarray(train.images), meta, images, cond)
+    for name, values in fid_cols.items():
+        for key, per_row in values.items():
+            table[f"{name}_{key}"] = [float(per_row[((cond["cancer_type"] == r.cancer_type)
+                                                     & (cond["tissue_source_site"] == r.tissue_source_site)).to_numpy()
+                                                    ].mean()) for r in table.itertuples()]
+            summary[f"{name}_{key}"] = float(per_row.mean())
+            cf = (table["cell"] == "counterfactual").to_numpy()
+            if cf.any():
+                summary[f"{name}_{key}_counterfactual"] = float(table.loc[cf, f"{name}_{key}"].mean())
+
     # the figure: per class, rows real / CLS / MeDi; columns the sites
     rng = np.random.default_rng(seed)
     cells, labels = {}, []
@@ -167,6 +187,29 @@ def compare(
              f"CLS {summary['cls_delta_e']:.1f}, MeDi {summary['medi_delta_e']:.1f}; grey = no real patch")
     png = grid_png(mosaic(cells, len(labels), len(sites), per_cell=per_cell), labels, sites, title)
     return Comparison(png, table, summary)
+
+
+def fidelity(real_images: np.ndarray, meta: pd.DataFrame, generated: dict[str, np.ndarray],
+             cond: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    """Per generated patch: 1 if a probe trained on the real patches predicts its conditioned class (site)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from benchmark.encoders import FilterBankEncoder
+
+    enc = FilterBankEncoder()
+    x = enc.embed(real_images)
+    probes = {}
+    for key, column in (("class_fidelity", "cancer_type"), ("site_fidelity", "tissue_source_site")):
+        y = meta[column].astype(str).to_numpy()
+        probes[key] = (column, make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, imgs in generated.items():
+        feats = enc.embed(imgs)
+        out[name] = {key: (probe.predict(feats) == cond[column].astype(str).to_numpy()).astype(float)
+                     for key, (column, probe) in probes.items()}
+    return out
 
 
 def latest_run_id(results_dir: Path, method: str, task: str, preset: str) -> tuple[str, str] | None:

@@ -209,10 +209,13 @@ def stage_diffusion_train(preset: str) -> Row:
     """Our training step (as methods/diffusion.train_diffusion: accelerate, resolved precision, fused AdamW,
     clipping, EMA) against the plain fp32 loop of the diffusers examples on the same UNet and batch."""
     import torch
-    from diffusers.training_utils import EMAModel
 
+    from benchmark._compat import ensure_torchvision
     from benchmark.config import PRESETS
     from methods.diffusion import MeDi, make_accelerator, resolve_mixed_precision
+
+    ensure_torchvision()  # before any diffusers import
+    from diffusers.training_utils import EMAModel
 
     size = PRESETS[preset].data.image_size
     p = MeDi.default_params(preset)

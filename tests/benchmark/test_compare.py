@@ -32,7 +32,9 @@ def test_pick_sites_gives_every_class_its_largest_sites():
         "cancer_type": ["X"] * 6 + ["Y"] * 5,
         "tissue_source_site": ["a", "a", "a", "b", "b", "c", "d", "d", "d", "e", "a"],
     })
-    assert pick_sites(meta, ["X", "Y"], 2) == ["a", "b", "d", "e"]
+    # X: b and c have only X (b larger); Y: d and e only Y; a (mixed, largest) comes after single-type sites
+    assert pick_sites(meta, ["X", "Y"], 2) == ["b", "c", "d", "e"]
+    assert pick_sites(meta, ["X", "Y"], 3) == ["b", "c", "a", "d", "e"]
 
 
 @pytest.mark.slow
@@ -58,7 +60,9 @@ def test_samples_command_needs_trained_models_then_draws_and_attaches(tmp_path):
     assert set(table["cancer_type"]) == {"LUAD", "LUSC"}
     assert {"seen", "counterfactual"} <= set(table["cell"])  # both kinds of cell are drawn and measured
     assert np.isfinite(table[["cls_delta_e", "medi_delta_e"]].to_numpy()).all()
-    assert "mean delta-E to the site's colour" in proc.stdout
+    assert "mean delta-E to the site's colour" in proc.stdout and "class fidelity" in proc.stdout
+    for col in ("medi_class_fidelity", "cls_class_fidelity", "medi_site_fidelity"):
+        assert table[col].between(0, 1).all()
     # attached to the medi run in MLflow
     run_id = proc.stdout.split("attached to MLflow run ")[1].split()[0]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
