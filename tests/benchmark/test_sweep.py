@@ -183,3 +183,20 @@ def test_a_record_missing_from_results_jsonl_is_added_once(tmp_path):
     assert len(read_records(tmp_path)) == 1
     append_record(tmp_path, dict(rec, started="2026-01-02T00:00:00+00:00"), if_missing=True)  # a --force rerun
     assert len(read_records(tmp_path)) == 2
+
+
+def test_atomic_files_are_readable_by_others(tmp_path):
+    """Results and figures written atomically get the usual permissions, not mkstemp's 0600."""
+    import importlib
+
+    import benchmark.cache as cache
+
+    old = os.umask(0o022)
+    try:
+        importlib.reload(cache)  # the mode is derived from the umask at import
+        with cache.atomic_file(tmp_path / "x.json") as fh:
+            fh.write(b"{}")
+    finally:
+        os.umask(old)
+        importlib.reload(cache)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
