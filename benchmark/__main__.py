@@ -463,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C interrupts even when the parent started us with SIGINT ignored (a background job of a
+    # non-interactive shell, some CI runners): finished runs are kept, the unfinished one is marked KILLED
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

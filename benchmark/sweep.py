@@ -365,6 +365,7 @@ def _worker_main(spec: dict) -> dict[str, int]:
     torch.set_num_threads(spec["threads"])
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s worker {os.getpid()}: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent was started with SIGINT ignored
     jobs = plan_jobs(spec["methods"], spec["tasks"], spec["seeds"], spec["preset"], spec["device"],
                      spec["overrides"], Path(spec["results_dir"]))
     keys = set(spec["keys"])
