@@ -43,6 +43,12 @@ examples:
   MLFLOW_TRACKING_URI=http://tracking:5000 python -m benchmark sweep --queue postgresql://user@db/medibench"""
 
 
+def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE ...`` (repeatable), parsed later with each field's declared type."""
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,15 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="run seed: sampling and probe (default 0); "
                      "the data split has its own, split.seed")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config fields, e.g. data.image_size=64 probe.C=0.1 method.lr=1e-4 (keys: `list --keys`)",
-    )
+    add_overrides(run, "override config fields, e.g. data.image_size=64 probe.C=0.1 method.lr=1e-4 "
+                  "(keys: `list --keys`)")
     run.add_argument("--out", type=Path, default=Path("results"), help="results folder (default ./results)")
     run.add_argument("--force", action="store_true", help="recompute even if a finished run exists")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
@@ -130,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,5,7); default 3")
     sw.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
     sw.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    sw.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="config overrides applied to every job (keys: `list --keys`)")
+    add_overrides(sw, "config overrides applied to every job (keys: `list --keys`)")
     sw.add_argument("--workers", type=int, default=1,
                     help="parallel worker processes on this machine; each gets cores/workers threads (default 1)")
     sw.add_argument("--queue", default=None, metavar="URL",
@@ -170,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default 0)")
     tune.add_argument("--best", action="store_true", help="re-run the best trial with fresh seeds and print metrics")
     tune.add_argument("--best-seeds", type=int, default=3, help="fresh seeds for --best: 1000.. (default 3)")
-    tune.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                      help="fixed config overrides (a tunable key given here is not searched)")
+    add_overrides(tune, "fixed config overrides (a tunable key given here is not searched)")
     tune.add_argument("--out", type=Path, default=Path("results"), help="results folder (default ./results)")
     tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
@@ -189,8 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     sam.add_argument("--task", default="nsclc", help="task (default nsclc)")
     sam.add_argument("--preset", default=None, help="preset the models were trained with (default: as `run`)")
     sam.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    sam.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                     help="the overrides the models were trained with, if any")
+    add_overrides(sam, "the overrides the models were trained with, if any")
     sam.add_argument("--sites", type=int, default=3, help="sites per class (default 3)")
     sam.add_argument("--n", type=int, default=32, help="generated patches per class and site for the colour "
                      "measurement (default 32; the figure shows 4)")

@@ -25,7 +25,7 @@ import torch
 
 from benchmark import __version__
 from benchmark import metrics as M
-from benchmark.cache import atomic_write_json, cached_array
+from benchmark.cache import atomic_write_json, cached_array, pid_alive
 from benchmark.config import PRESETS, ConfigError, RunConfig, default_preset, parse_overrides, resolve
 from benchmark.data import Split
 from benchmark.encoders import Encoder, build_encoder
@@ -234,13 +234,7 @@ class _RunLock:
         host, _, pid = self._owner().partition(" ")
         if host != socket.gethostname() or not pid.isdigit():
             return False
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not pid_alive(int(pid))
 
     def __exit__(self, *exc: Any) -> None:
         self.path.unlink(missing_ok=True)

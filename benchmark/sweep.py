@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.cache import pid_alive
 from benchmark.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -123,16 +124,6 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Queue:
     """The job table in a SQL database; every state change is one atomic conditional UPDATE."""
 
@@ -220,7 +211,7 @@ class Queue:
             if row["state"] != "running":
                 continue
             owner_host, _, pid = (row["owner"] or "").rpartition(":")
-            dead_here = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+            dead_here = owner_host == host and pid.isdigit() and not pid_alive(int(pid))
             silent = row["heartbeat"] is None or now - row["heartbeat"] > self.stale_after
             if dead_here or silent:
                 stmt = (sa.update(self.jobs)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark.cache import pid_alive
 from benchmark.config import ConfigError, RunConfig, Search, parse_overrides, search_space
 
 OBJECTIVE = "val/worst_group_accuracy"
@@ -232,12 +233,8 @@ def _process_start(pid: int) -> str | None:
 def _alive(pid: Any, start: Any) -> bool:
     if not isinstance(pid, int):
         return True  # unknown: leave it alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     return start is None or _process_start(pid) in (None, start)
 
 
