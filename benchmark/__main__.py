@@ -194,6 +194,28 @@ def build_parser() -> argparse.ArgumentParser:
     sam.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
     sam.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    fz = sub.add_parser(
+        "freeze",
+        help="copy a finished sweep's records into results/<date>_<commit>/ (for the repository)",
+        description="Take the same grid as `sweep` (the same content-addressed jobs), check every job has finished, "
+        "and copy each run's small files (record, config, per-group and confusion tables, predictions; a cut-down "
+        "samples.npz for the lowest seed) with results.jsonl and a MANIFEST.json (command, commits, host, run "
+        "durations, model training times, SHA-256 of every file) into a new folder. `report --results <folder>` "
+        "renders the leaderboard from it alone. An existing folder is never overwritten.",
+        epilog="example:\n  python -m benchmark freeze --methods all --tasks all --seeds 3 --preset cpu\n"
+        "  python -m benchmark report --results results/2026-11-22_0123456789",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fz.add_argument("--methods", default="all", help="'all' or a comma-separated list (default all)")
+    fz.add_argument("--tasks", default="all", help="'all' or a comma-separated list (default all)")
+    fz.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,5,7); default 3")
+    fz.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
+    fz.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_overrides(fz, "the overrides the sweep ran with, if any")
+    fz.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
+    fz.add_argument("--dest", type=Path, default=None,
+                    help="new folder (default <results>/<UTC date>_<commit>)")
+
     pf = sub.add_parser(
         "perf",
         help="measure every stage against a named reference in the same run; JSON + markdown table",
@@ -421,6 +443,30 @@ def build_default_preset(device: str) -> str:
     return default_preset(resolve_device(device))
 
 
+def cmd_freeze(args: argparse.Namespace) -> int:
+    from benchmark import freeze, sweep
+    from benchmark.registry import METHODS, TASKS, load_plugins
+
+    load_plugins()
+    methods = sweep.parse_names(args.methods, METHODS.names(), "methods")
+    tasks = sweep.parse_names(args.tasks, TASKS.names(), "tasks")
+    seeds = sweep.parse_seeds(args.seeds)
+    jobs = sweep.plan_jobs(methods, tasks, seeds, args.preset, args.device, args.overrides, args.results)
+    root = Path(__file__).resolve().parent.parent
+    commit = freeze.git_commit(root)
+    dest = args.dest or freeze.default_destination(args.results, commit)
+    preset = jobs[0].cfg.preset if jobs else args.preset
+    grid = f"--methods {args.methods} --tasks {args.tasks} --seeds {args.seeds} --preset {preset}" + (
+        " --set " + " ".join(args.overrides) if args.overrides else "")
+    command = f"python -m benchmark sweep {grid} && python -m benchmark freeze {grid}"
+    manifest = freeze.freeze(jobs, dest, command, root)
+    hours = manifest["sum_of_run_durations_s"] / 3600
+    print(f"froze {manifest['runs']} runs into {dest} (run durations {hours:.2f} h; records from "
+          f"{', '.join(manifest['record_commits'])})")
+    print(f"render it: python -m benchmark report --results {dest}")
+    return 0
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
     import os
 
@@ -471,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.registry import RegistryError
 
     commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "sweep": cmd_sweep, "tune": cmd_tune,
-                "samples": cmd_samples, "perf": cmd_perf, "ui": cmd_ui}
+                "samples": cmd_samples, "freeze": cmd_freeze, "perf": cmd_perf, "ui": cmd_ui}
     try:
         return commands[args.command](args)
     except (ConfigError, RegistryError) as exc:
@@ -490,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(exc: BaseException) -> bool:
     """Errors whose message is the whole story (bad data, unreachable server); anything else keeps its traceback."""
     names = {"DataError", "SplitError", "RunError", "TrackingError", "TrainingError", "ReportError", "SweepError",
-             "CompareError"}
+             "CompareError", "FreezeError"}
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 

@@ -85,9 +85,12 @@ def load_records(results_dir: Path | str) -> list[dict]:
 
 def _locate_run_dir(rec: dict, results_dir: Path) -> str | None:
     recorded = Path(str(rec.get("run_dir") or ""))
-    candidates = [recorded] if rec.get("run_dir") else []
+    candidates = []
+    # the copy under this results folder first (a frozen or moved folder), then the recorded path
     if rec.get("task") and rec.get("method") and recorded.name:
         candidates.append(results_dir / "runs" / str(rec["task"]) / str(rec["method"]) / recorded.name)
+    if rec.get("run_dir"):
+        candidates.append(recorded)
     for path in candidates:
         if path.is_dir():
             return str(path)
@@ -486,7 +489,7 @@ def split_table(section: Section, split: str, n_boot: int = 2000) -> dict:
                 if test is not None:
                     if math.isfinite(test.delta):
                         cell.notes.append(f"Δ {test.delta:+.3f} · {_fmt_p(test.p)}")
-                    cell.title = f"paired bootstrap vs none over {test.n_pairs} seed pair(s), resampling {test.level}s"
+                    cell.title = f"paired bootstrap vs none over {test.n_pairs} seed pair(s), resampling {'patches' if test.level == 'patch' else 'seeds'}"
         grid.append(cells)
     rows = []
     for i, row in enumerate(section.rows):

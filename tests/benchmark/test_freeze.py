@@ -1,0 +1,71 @@
+"""freeze: a finished sweep copied into a self-contained folder that the report renders on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+
+from benchmark.reporting import load_samples
+from tests.conftest import run_cli
+
+GRID = ["--methods", "none,stain_norm", "--tasks", "nsclc", "--seeds", "2", "--preset", "smoke"]
+
+
+def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
+    out = tmp_path / "results"
+    dest = tmp_path / "frozen"
+
+    # nothing has run yet: a clear error naming the unfinished jobs, and no folder
+    early = run_cli("freeze", *GRID, "--results", str(out), "--dest", str(dest), cwd=tmp_path)
+    assert early.returncode != 0 and "Traceback" not in early.stderr
+    assert "4 of 4 jobs have no finished record" in early.stderr and "none-nsclc-s0" in early.stderr
+    assert not dest.exists()
+
+    swept = run_cli("sweep", *GRID, "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr
+    frozen = run_cli("freeze", *GRID, "--results", str(out), "--dest", str(dest), cwd=tmp_path)
+    assert frozen.returncode == 0, frozen.stderr
+    assert "froze 4 runs" in frozen.stdout
+
+    manifest = json.loads((dest / "MANIFEST.json").read_text())
+    assert manifest["runs"] == 4 and manifest["grid"]["seeds"] == [0, 1]
+    assert manifest["command"].startswith("python -m benchmark sweep --methods none,stain_norm")
+    # every copied file is listed with its hash, and nothing big came along
+    for rel, digest in manifest["sha256"].items():
+        assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == digest
+    copied = {p.name for p in dest.glob("runs/*/*/*/*")}
+    assert {"record.json", "predictions.csv.gz", "groups_test_unseen.csv"} <= copied
+    assert not list(dest.glob("runs/*/*/*/figures")) and not list(dest.glob("**/*.safetensors"))
+    # samples only for the lowest seed of each method, cut to the largest sites
+    samples = sorted(dest.glob("runs/*/*/*/samples.npz"))
+    assert [p.parent.name.split("-")[2] for p in samples] == ["s0", "s0"]
+    images, meta = load_samples(samples[0])
+    assert len(images) == len(meta) > 0 and meta["tissue_source_site"].nunique() <= 6
+
+    lines = [json.loads(x) for x in (dest / "results.jsonl").read_text().splitlines()]
+    originals = {r["run_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert len(lines) == 4
+    for rec in lines:
+        assert not rec["run_dir"].startswith("/") and rec["metrics"] == originals[rec["run_id"]]["metrics"]
+
+    # the live results can go: the report renders from the frozen folder alone, paired tests included
+    shutil.rmtree(out)
+    report = run_cli("report", "--results", str(dest), "--out", str(tmp_path / "reports"), "--no-pdf",
+                     "--bootstrap", "200", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "4 run records" in report.stdout
+    html = (tmp_path / "reports" / "leaderboard.html").read_text()
+    mean = np.mean([r["metrics"]["test_unseen/balanced_accuracy"] for r in lines if r["method"] == "stain_norm"])
+    assert f"{mean:.3f}" in html
+    # paired tests resample test patches (the frozen predictions), not only seeds; the sample grid is drawn
+    assert "resampling patches" in html and "resampling seeds" not in html
+    assert "Up to four training images per class and site" in html
+
+    # frozen results are never overwritten
+    before = (dest / "MANIFEST.json").read_bytes()
+    again = run_cli("freeze", *GRID, "--results", str(tmp_path / "results"), "--dest", str(dest), cwd=tmp_path)
+    assert again.returncode != 0 and "never overwritten" in again.stderr
+    assert (dest / "MANIFEST.json").read_bytes() == before
