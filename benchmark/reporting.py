@@ -489,7 +489,8 @@ def split_table(section: Section, split: str, n_boot: int = 2000) -> dict:
                 if test is not None:
                     if math.isfinite(test.delta):
                         cell.notes.append(f"Δ {test.delta:+.3f} · {_fmt_p(test.p)}")
-                    cell.title = f"paired bootstrap vs none over {test.n_pairs} seed pair(s), resampling {'patches' if test.level == 'patch' else 'seeds'}"
+                    unit = "patches" if test.level == "patch" else "seeds"
+                    cell.title = f"paired bootstrap vs none over {test.n_pairs} seed pair(s), resampling {unit}"
         grid.append(cells)
     rows = []
     for i, row in enumerate(section.rows):
