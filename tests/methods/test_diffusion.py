@@ -93,6 +93,43 @@ def test_changing_only_the_site_changes_the_prediction():
     assert not diff[widths[0] + widths[1] :].any()
 
 
+def _site_effect(params: DiffusionParams) -> tuple[float, float]:
+    """(largest change of the first resnet's output, mean change of the output's mean colour) when only the site
+    changes, at a high noise level where the colour must come from the condition."""
+    model = model_for(params, TRAIN_META)
+    seen = []
+    hook = model.unet.down_blocks[0].resnets[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    outs = []
+    with torch.no_grad():
+        for site in ("05", "44"):
+            torch.manual_seed(1)
+            for emb in model.cond.attribute_embeddings.values():  # distinct, trained-looking site codes
+                emb.weight.normal_()
+            labels, codes = model.codes(pd.concat([rows(tissue_source_site=site)] * 4, ignore_index=True))
+            outs.append(model.predict(x, torch.full((4,), 900), model.z_cond(labels, codes, "cpu")))
+    hook.remove()
+    first = float((seen[0] - seen[1]).abs().max())
+    colour = float((outs[0].mean((2, 3)) - outs[1].mean((2, 3))).abs().mean())
+    return first, colour
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
+def test_the_site_reaches_every_level_and_the_mean_colour(preset):
+    """The UNet adds z_cond to the time embedding, which every resnet adds to its features before a GroupNorm.
+    With one channel per group that norm erases it (and norm_out erases per-channel offsets): the site could not
+    set the colour of an image. The presets keep >= 4 channels per group in the first level, like the paper's."""
+    base = MeDi.default_params(preset)
+    params = replace(base, block_out_channels=base.block_out_channels[:3], attention=False, layers_per_block=1)
+    assert params.block_out_channels[0] // params.norm_num_groups >= 4
+    first, colour = _site_effect(params)
+    assert first > 0.05 and colour > 0.01
+    # the failure this guards against: 32 channels in 32 groups
+    first_bad, colour_bad = _site_effect(replace(params, block_out_channels=(32, 64, 64), norm_num_groups=32))
+    assert first_bad < 1e-4 and colour_bad < colour / 10
+
+
 def test_cls_is_the_same_model_with_k_zero():
     params = CLS.default_params("smoke")
     assert params.attributes == ()
@@ -124,7 +161,7 @@ def test_bad_params_are_named():
     with pytest.raises(ConfigError, match="method.guidance_scale"):
         validate(tiny_params(guidance_scale=3.0))
     with pytest.raises(ConfigError, match="norm_num_groups"):
-        validate(tiny_params(block_out_channels=(12, 24)))
+        validate(tiny_params(block_out_channels=(10, 20)))
 
 
 def test_medi_and_cls_plan_the_same_totals_per_class(smoke_splits, tmp_path):
