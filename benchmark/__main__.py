@@ -49,6 +49,29 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
                         help=help)
 
 
+def add_grid(parser: argparse.ArgumentParser, overrides_help: str) -> None:
+    """The methods x tasks x seeds grid of ``sweep`` and ``freeze`` (see :func:`plan_grid`)."""
+    parser.add_argument("--methods", default="all", help="'all' or a comma-separated list (default all)")
+    parser.add_argument("--tasks", default="all", help="'all' or a comma-separated list (default all)")
+    parser.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,5,7); default 3")
+    parser.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_overrides(parser, overrides_help)
+
+
+def plan_grid(args: argparse.Namespace, results_dir: Path) -> tuple[list[str], list[str], list[int], list]:
+    """(methods, tasks, seeds, jobs) of the grid given by :func:`add_grid`'s arguments."""
+    from benchmark import sweep
+    from benchmark.registry import METHODS, TASKS, load_plugins
+
+    load_plugins()
+    methods = sweep.parse_names(args.methods, METHODS.names(), "methods")
+    tasks = sweep.parse_names(args.tasks, TASKS.names(), "tasks")
+    seeds = sweep.parse_seeds(args.seeds)
+    jobs = sweep.plan_jobs(methods, tasks, seeds, args.preset, args.device, args.overrides, results_dir)
+    return methods, tasks, seeds, jobs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,12 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sw.add_argument("--methods", default="all", help="'all' or a comma-separated list (default all)")
-    sw.add_argument("--tasks", default="all", help="'all' or a comma-separated list (default all)")
-    sw.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,5,7); default 3")
-    sw.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
-    sw.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    add_overrides(sw, "config overrides applied to every job (keys: `list --keys`)")
+    add_grid(sw, "config overrides applied to every job (keys: `list --keys`)")
     sw.add_argument("--workers", type=int, default=1,
                     help="parallel worker processes on this machine; each gets cores/workers threads (default 1)")
     sw.add_argument("--queue", default=None, metavar="URL",
@@ -206,12 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m benchmark report --results results/2026-11-22_0123456789",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fz.add_argument("--methods", default="all", help="'all' or a comma-separated list (default all)")
-    fz.add_argument("--tasks", default="all", help="'all' or a comma-separated list (default all)")
-    fz.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,5,7); default 3")
-    fz.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
-    fz.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    add_overrides(fz, "the overrides the sweep ran with, if any")
+    add_grid(fz, "the overrides the sweep ran with, if any")
     fz.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
     fz.add_argument("--dest", type=Path, default=None,
                     help="new folder (default <results>/<UTC date>_<commit>)")
@@ -345,15 +358,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from benchmark import sweep
     from benchmark.config import ConfigError
-    from benchmark.registry import METHODS, TASKS, load_plugins
 
-    load_plugins()
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    methods = sweep.parse_names(args.methods, METHODS.names(), "methods")
-    tasks = sweep.parse_names(args.tasks, TASKS.names(), "tasks")
-    seeds = sweep.parse_seeds(args.seeds)
-    jobs = sweep.plan_jobs(methods, tasks, seeds, args.preset, args.device, args.overrides, args.out)
+    methods, tasks, seeds, jobs = plan_grid(args, args.out)
     queue = sweep.Queue(args.queue or sweep.default_queue_url(args.out), args.stale_after)
     prep = sweep.prepare(jobs, queue, args.out)
     rows = sweep.status_rows(jobs, queue)
@@ -444,14 +452,9 @@ def build_default_preset(device: str) -> str:
 
 
 def cmd_freeze(args: argparse.Namespace) -> int:
-    from benchmark import freeze, sweep
-    from benchmark.registry import METHODS, TASKS, load_plugins
+    from benchmark import freeze
 
-    load_plugins()
-    methods = sweep.parse_names(args.methods, METHODS.names(), "methods")
-    tasks = sweep.parse_names(args.tasks, TASKS.names(), "tasks")
-    seeds = sweep.parse_seeds(args.seeds)
-    jobs = sweep.plan_jobs(methods, tasks, seeds, args.preset, args.device, args.overrides, args.results)
+    jobs = plan_grid(args, args.results)[3]
     root = Path(__file__).resolve().parent.parent
     commit = freeze.git_commit(root)
     dest = args.dest or freeze.default_destination(args.results, commit)

@@ -5,9 +5,9 @@
 self-contained results folder that ``python -m benchmark report --results <folder>`` renders without the original
 runs, checkpoints or MLflow store:
 
-- ``runs/<task>/<method>/<run>/``: ``record.json``, ``config.json``, the per-group and confusion CSVs and
-  ``predictions.csv.gz`` (the paired bootstrap tests need them), and, for the lowest seed of each (task, method),
-  ``samples.npz`` cut down to the largest sites (the leaderboard's sample grid);
+- ``runs/<task>/<method>/<run>/``: ``record.json`` (its ``run_dir`` made relative), ``config.json``, the
+  per-group and confusion CSVs and ``predictions.csv.gz`` (the paired bootstrap tests need them), and, for the
+  lowest seed of each (task, method), ``samples.npz`` cut down to the largest sites (the leaderboard's sample grid);
 - ``results.jsonl``: one line per record, in job order;
 - ``MANIFEST.json``: the command, the commit of the tree and of each record, the host, the sum of the runs'
   durations, the trained generative models' training times, and a SHA-256 of every copied file.
@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmark.config import ConfigError
 
-SMALL_FILES = ("record.json", "config.json", "groups_val.csv", "groups_test_seen.csv", "groups_test_unseen.csv",
+SMALL_FILES = ("config.json", "groups_val.csv", "groups_test_seen.csv", "groups_test_unseen.csv",
                "confusion_val.csv", "confusion_test_seen.csv", "confusion_test_unseen.csv", "predictions.csv.gz")
 SAMPLE_SITES = 6  # sites kept in a frozen samples.npz (the leaderboard's grid shows at most six)
 
