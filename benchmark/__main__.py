@@ -10,10 +10,12 @@ import argparse
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 EXIT_USAGE = 2  # a bad name, preset, device or --set key
 EXIT_FAILED = 1  # bad data, an unreachable tracking server, a failed run
+INTERRUPTED = "interrupted: finished runs are kept; unfinished ones have no record and are redone"
 
 DESCRIPTION = """\
 MeDiBench: how well do augmentation strategies protect histopathology classifiers from shortcut learning
@@ -499,18 +501,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve_ui(args.results, args.port)
 
 
-def _terminate(signum, frame) -> None:
-    """SIGTERM (a scheduler or `kill`) ends a run like Ctrl-C: its MLflow run is marked KILLED, no record written."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    import signal
+    from benchmark import interrupts
 
-    signal.signal(signal.SIGTERM, _terminate)
-    # Ctrl-C interrupts even when the parent started us with SIGINT ignored (a background job of a
-    # non-interactive shell, some CI runners): finished runs are kept, the unfinished one is marked KILLED
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C, or SIGTERM from a scheduler or `kill`: finished runs are kept, the unfinished one is marked KILLED
+    started = time.monotonic()
+    interrupts.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -527,9 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; unfinished ones have no record and are redone", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except Exception as exc:  # a user-facing failure: data, tracking, run
+        if interrupts.interrupted_since(started):  # a library failed while unwinding the Ctrl-C
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
         if _is_user_error(exc):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark import __version__
+from benchmark import __version__, interrupts
 from benchmark import metrics as M
 from benchmark.cache import atomic_write_json, cached_array, pid_alive
 from benchmark.config import PRESETS, ConfigError, RunConfig, default_preset, parse_overrides, resolve
@@ -273,7 +273,7 @@ def _run_locked(
 ) -> dict:
     from benchmark import tracking
 
-    started = time.time()
+    started, started_monotonic = time.time(), time.monotonic()
     cache_dir = results_dir / "cache"
     commit = git_commit()
     tags = {
@@ -294,11 +294,10 @@ def _run_locked(
     tracker.log_artifact(run_dir / "config.json")
     try:
         record = _execute(cfg, run_dir, cache_dir, tracker, progress)
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        # a library that fails while unwinding a Ctrl-C raises its own error: the run was still interrupted
+        interrupted = isinstance(exc, KeyboardInterrupt) or interrupts.interrupted_since(started_monotonic)
+        tracker.finish("KILLED" if interrupted else "FAILED")
         raise
     # 7. the record, written last and atomically; then the append-only results.jsonl
     record.update(

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark import interrupts
 from benchmark.cache import pid_alive
 from benchmark.config import ConfigError, RunConfig
 
@@ -326,6 +327,7 @@ def work(
         job = by_key[key]
         if on_event:
             on_event("start", job, {})
+        started = time.monotonic()
         try:
             with _Heartbeat(queue, key, worker, heartbeat_every):
                 record = run_one(job.cfg, results_dir, progress=progress)
@@ -333,6 +335,10 @@ def work(
             queue.release(key, worker)
             raise
         except Exception as exc:  # one failed job does not stop the sweep; it is reported and retried next time
+            if interrupts.interrupted_since(started):  # a library failed while unwinding a Ctrl-C: not the job's fault
+                queue.release(key, worker)
+                raise KeyboardInterrupt from exc
+            log.debug("%s failed", job.name, exc_info=True)
             message = f"{type(exc).__name__}: {exc}"
             queue.fail(key, worker, message)
             counts["failed"] += 1
@@ -349,14 +355,11 @@ def work(
 
 def _worker_main(spec: dict) -> dict[str, int]:
     """Entry point of a worker process (spawned): rebuild the jobs from their configs and work."""
-    import signal
-
     import torch
 
     torch.set_num_threads(spec["threads"])
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s worker {os.getpid()}: %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent was started with SIGINT ignored
+    interrupts.install()
     jobs = plan_jobs(spec["methods"], spec["tasks"], spec["seeds"], spec["preset"], spec["device"],
                      spec["overrides"], Path(spec["results_dir"]))
     keys = set(spec["keys"])

@@ -142,6 +142,62 @@ def test_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path):
     assert "to run 0" in last.stdout and _records(out) == after
 
 
+_CLEANUP_FAILS = """
+import errno, sys, time
+from pathlib import Path
+from benchmark.protocols import Method
+from benchmark.registry import METHODS
+
+@METHODS.register("cleanupfails", "fails with its own error while unwinding a Ctrl-C, as some libraries do")
+class CleanupFails(Method):
+    name = "cleanupfails"
+
+    def fit(self, train, ctx):
+        Path(sys.argv[1]).touch()
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            raise OSError(errno.EBADF, "Bad file descriptor") from None
+
+from benchmark.__main__ import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interruption(tmp_path):
+    """A library interrupted in a system call may raise its own error while cleaning up (seen in a sweep:
+    OSError EBADF instead of KeyboardInterrupt); the job must go back to pending, not be recorded as failed,
+    its MLflow run must be KILLED and the sweep must stop with 130 instead of going on with the next job."""
+    from mlflow.tracking import MlflowClient
+
+    script, marker, out = tmp_path / "plugin_main.py", tmp_path / "fitting", tmp_path / "results"
+    script.write_text(_CLEANUP_FAILS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["sweep", "--methods", "cleanupfails", "--tasks", "nsclc", "--seeds", "2", *SMOKE, "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not marker.exists() and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:  # without the fix the sweep goes on to the next job, whose fit never ends
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "failed" not in stderr.lower()
+    assert "s1" not in stdout  # the sweep stopped; it did not go on with the next seed
+    rows = sweep.Queue(sweep.default_queue_url(out)).rows()
+    assert sorted(r["state"] for r in rows.values()) == ["pending", "pending"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
 def test_two_workers_run_each_job_once(tmp_path):
     out = tmp_path / "results"
     proc = run_cli("sweep", "--methods", "none", "--tasks", "nsclc,uterine", "--seeds", "2", *SMOKE,
