@@ -7,6 +7,7 @@ directory without ``record.json`` is an unfinished run. A finished run is reused
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -44,8 +45,11 @@ class RunError(RuntimeError):
 # resolving
 
 
+@functools.cache
 def git_commit() -> str:
-    """The source checkout's commit ("" outside git), with "-dirty" when it has uncommitted changes."""
+    """The source checkout's commit ("" outside git), with "-dirty" when it has uncommitted changes.
+
+    Asked once per process: a long sweep records the commit of the code it loaded, not commits made meanwhile."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(

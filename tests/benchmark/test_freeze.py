@@ -69,3 +69,22 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
     again = run_cli("freeze", *GRID, "--results", str(tmp_path / "results"), "--dest", str(dest), cwd=tmp_path)
     assert again.returncode != 0 and "never overwritten" in again.stderr
     assert (dest / "MANIFEST.json").read_bytes() == before
+
+
+def test_a_process_records_the_commit_of_the_code_it_loaded(monkeypatch):
+    """A sweep runs for hours; commits made meanwhile must not be attributed to runs of the code already loaded."""
+    import subprocess
+
+    from benchmark import runner
+
+    runner.git_commit.cache_clear()
+    first = runner.git_commit()  # the checkout's commit, or "" outside git
+
+    def moved_on(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 0, stdout="0123456789\n", stderr="")
+
+    monkeypatch.setattr(runner.subprocess, "run", moved_on)  # what git would answer after a new commit
+    assert runner.git_commit() == first != "0123456789"
+    runner.git_commit.cache_clear()
+    assert runner.git_commit().startswith("0123456789")  # a new process would see the new commit
+    runner.git_commit.cache_clear()
