@@ -642,7 +642,8 @@ def heatmap_png(panels: Sequence[tuple[str, pd.DataFrame]], column: str, classes
     width = min(18.0, max(5.5, 0.42 * len(values) + 2.2))
     height_each = 0.42 * max(1, len(classes)) + 1.1
     with _style():
-        fig, axes = plt.subplots(n, 1, figsize=(width, height_each * n + 0.6), squeeze=False)
+        # constrained layout keeps the title clear of the first panel, however wide the figure (tight_layout did not)
+        fig, axes = plt.subplots(n, 1, figsize=(width, height_each * n + 0.6), squeeze=False, layout="constrained")
         for ax, (name, frame) in zip(axes[:, 0], panels, strict=True):
             agg = frame.groupby(["cancer_type", column])[["n", "correct"]].sum()
             acc = (agg["correct"] / agg["n"]).unstack(column)
@@ -660,7 +661,6 @@ def heatmap_png(panels: Sequence[tuple[str, pd.DataFrame]], column: str, classes
             ax.tick_params(axis="x", labelrotation=90 if upright else 0)
             ax.tick_params(axis="y", labelrotation=0)
         fig.suptitle(title, x=0.01, ha="left", fontsize=10)
-        _tight(fig)
         return _png(fig)
 
 
