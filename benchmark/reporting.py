@@ -907,9 +907,10 @@ def _samples_figure(section: Section, max_sites: int = 6, max_classes: int = 4) 
     if not per_method:
         return f"sample grid not drawn: no {SAMPLES_FILE} in the run directories" if section.rows else None
     classes = (section.classes or sorted({c for _, _, m in per_method for c in m["cancer_type"]}))[:max_classes]
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {}  # site -> how many of the grid's rows (method x class) it would fill
     for _, _, meta in per_method:
-        for site in meta["tissue_source_site"].unique():
+        shown = meta[meta["cancer_type"].isin(classes)]
+        for site in shown.drop_duplicates(["cancer_type", "tissue_source_site"])["tissue_source_site"]:
             counts[site] = counts.get(site, 0) + 1
     sites = sorted(sorted(s for s in counts if s != UNKNOWN), key=lambda s: -counts[s])[:max_sites]
     if UNKNOWN in counts:  # class-only generators (cls) make images of no particular site
