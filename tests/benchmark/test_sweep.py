@@ -190,7 +190,7 @@ def test_a_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interrupti
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "failed" not in stderr.lower()
-    assert "s1" not in stdout  # the sweep stopped; it did not go on with the next seed
+    assert "cleanupfails-nsclc-s1" not in stdout  # the sweep stopped; it did not go on with the next seed
     rows = sweep.Queue(sweep.default_queue_url(out)).rows()
     assert sorted(r["state"] for r in rows.values()) == ["pending", "pending"]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
