@@ -10,12 +10,10 @@ import argparse
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 
 EXIT_USAGE = 2  # a bad name, preset, device or --set key
 EXIT_FAILED = 1  # bad data, an unreachable tracking server, a failed run
-INTERRUPTED = "interrupted: finished runs are kept; unfinished ones have no record and are redone"
 
 DESCRIPTION = """\
 MeDiBench: how well do augmentation strategies protect histopathology classifiers from shortcut learning
@@ -505,7 +503,6 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark import interrupts
 
     # Ctrl-C, or SIGTERM from a scheduler or `kill`: finished runs are kept, the unfinished one is marked KILLED
-    started = time.monotonic()
     interrupts.install()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -518,17 +515,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "sweep": cmd_sweep, "tune": cmd_tune,
                 "samples": cmd_samples, "freeze": cmd_freeze, "perf": cmd_perf, "ui": cmd_ui}
     try:
-        return commands[args.command](args)
+        with interrupts.as_interrupt():  # a library failing while it unwinds a Ctrl-C: still an interruption
+            return commands[args.command](args)
     except (ConfigError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print("interrupted: finished runs are kept; unfinished ones have no record and are redone", file=sys.stderr)
         return 130
     except Exception as exc:  # a user-facing failure: data, tracking, run
-        if interrupts.interrupted_since(started):  # a library failed while unwinding the Ctrl-C
-            print(INTERRUPTED, file=sys.stderr)
-            return 130
         if _is_user_error(exc):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED

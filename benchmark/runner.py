@@ -277,7 +277,7 @@ def _run_locked(
 ) -> dict:
     from benchmark import tracking
 
-    started, started_monotonic = time.time(), time.monotonic()
+    started = time.time()
     cache_dir = results_dir / "cache"
     commit = git_commit()
     tags = {
@@ -297,11 +297,13 @@ def _run_locked(
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     tracker.log_artifact(run_dir / "config.json")
     try:
-        record = _execute(cfg, run_dir, cache_dir, tracker, progress)
-    except BaseException as exc:
-        # a library that fails while unwinding a Ctrl-C raises its own error: the run was still interrupted
-        interrupted = isinstance(exc, KeyboardInterrupt) or interrupts.interrupted_since(started_monotonic)
-        tracker.finish("KILLED" if interrupted else "FAILED")
+        with interrupts.as_interrupt():  # a library failing while it unwinds a Ctrl-C: still an interruption
+            record = _execute(cfg, run_dir, cache_dir, tracker, progress)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
         raise
     # 7. the record, written last and atomically; then the append-only results.jsonl
     record.update(

@@ -327,7 +327,6 @@ def work(
         job = by_key[key]
         if on_event:
             on_event("start", job, {})
-        started = time.monotonic()
         try:
             with _Heartbeat(queue, key, worker, heartbeat_every):
                 record = run_one(job.cfg, results_dir, progress=progress)
@@ -335,9 +334,6 @@ def work(
             queue.release(key, worker)
             raise
         except Exception as exc:  # one failed job does not stop the sweep; it is reported and retried next time
-            if interrupts.interrupted_since(started):  # a library failed while unwinding a Ctrl-C: not the job's fault
-                queue.release(key, worker)
-                raise KeyboardInterrupt from exc
             log.debug("%s failed", job.name, exc_info=True)
             message = f"{type(exc).__name__}: {exc}"
             queue.fail(key, worker, message)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark import interrupts
 from benchmark.cache import pid_alive
 from benchmark.config import ConfigError, RunConfig, Search, parse_overrides, search_space
 
@@ -311,15 +310,11 @@ def _run(cfg: RunConfig, out: Path, tags: dict[str, str], echo: Callable[..., No
     """``run_one``; when another worker is computing the same run, wait for it and reuse its record."""
     from benchmark import runner
 
-    waited, started = False, time.monotonic()
+    waited = False
     while True:
         try:
             return runner.run_one(cfg, out, progress=False, tags=tags)
-        except Exception as exc:
-            if interrupts.interrupted_since(started):  # a library failed while unwinding a Ctrl-C
-                raise KeyboardInterrupt from exc
-            if not isinstance(exc, runner.RunError):
-                raise
+        except runner.RunError:
             lock = runner.run_dir_for(cfg, out) / ".lock"
             if not lock.exists():
                 raise
