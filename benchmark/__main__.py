@@ -453,16 +453,16 @@ def build_default_preset(device: str) -> str:
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     from benchmark import freeze
+    from benchmark.runner import git_commit
 
     jobs = plan_grid(args, args.results)[3]
-    root = Path(__file__).resolve().parent.parent
-    commit = freeze.git_commit(root)
+    commit = git_commit() or "unknown"
     dest = args.dest or freeze.default_destination(args.results, commit)
     preset = jobs[0].cfg.preset if jobs else args.preset
     grid = f"--methods {args.methods} --tasks {args.tasks} --seeds {args.seeds} --preset {preset}" + (
         " --set " + " ".join(args.overrides) if args.overrides else "")
     command = f"python -m benchmark sweep {grid} && python -m benchmark freeze {grid}"
-    manifest = freeze.freeze(jobs, dest, command, root)
+    manifest = freeze.freeze(jobs, dest, command, commit)
     hours = manifest["sum_of_run_durations_s"] / 3600
     print(f"froze {manifest['runs']} runs into {dest} (run durations {hours:.2f} h; records from "
           f"{', '.join(manifest['record_commits'])})")

@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,18 +36,6 @@ SAMPLE_SITES = 6  # sites kept in a frozen samples.npz (the leaderboard's grid s
 
 class FreezeError(RuntimeError):
     """The results cannot be frozen as asked (unfinished jobs, destination exists); the message says what to do."""
-
-
-def git_commit(root: Path) -> str:
-    """Short commit of the tree at ``root`` with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def default_destination(results_dir: Path, commit: str, today: dt.date | None = None) -> Path:
@@ -75,8 +62,8 @@ def cut_samples(src: Path, dst: Path, max_sites: int = SAMPLE_SITES) -> int:
     return int(mask.sum())
 
 
-def freeze(jobs: Sequence, dest: Path, command: str, root: Path) -> dict:
-    """Copy the finished ``jobs`` (``benchmark.sweep.Job``) into ``dest``; the manifest.
+def freeze(jobs: Sequence, dest: Path, command: str, commit: str) -> dict:
+    """Copy the finished ``jobs`` (``benchmark.sweep.Job``) into ``dest``; the manifest (``commit``: the tree's).
 
     Raises FreezeError naming the unfinished jobs, or when ``dest`` exists."""
     from benchmark.runner import load_record
@@ -131,7 +118,7 @@ def freeze(jobs: Sequence, dest: Path, command: str, root: Path) -> dict:
                         + str(r.get("host", {}).get("torch")) for _, r in records})
         manifest = {
             "frozen": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(root),
+            "commit": commit,
             "command": command,
             "grid": {"methods": sorted({j.cfg.method for j in jobs}), "tasks": sorted({j.cfg.task for j in jobs}),
                      "seeds": sorted({j.cfg.seed for j in jobs}), "presets": sorted({j.cfg.preset for j in jobs})},
