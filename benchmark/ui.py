@@ -100,9 +100,10 @@ def serve_ui(results_dir: Path | str, port: int = 5000) -> int:
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = results_dir / "mlflow-ui.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    url = f"http://{HOST}:{port}"
+    print(f"starting the MLflow server for {uri} (the first start can take 15-45 s; log {log_path}) ...", flush=True)
     with open(log_path, "ab") as server_log:
         proc = subprocess.Popen(cmd, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{HOST}:{port}"
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -110,7 +111,8 @@ def serve_ui(results_dir: Path | str, port: int = 5000) -> int:
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         # 4. wait until it answers, then print where to look
-        deadline = time.time() + STARTUP_TIMEOUT_S
+        started = time.time()
+        deadline = started + STARTUP_TIMEOUT_S
         while True:
             if proc.poll() is not None:
                 raise TrackingError(f"the MLflow server exited with code {proc.returncode}; see {log_path}")
@@ -123,7 +125,7 @@ def serve_ui(results_dir: Path | str, port: int = 5000) -> int:
             if time.time() > deadline:
                 raise TrackingError(f"the MLflow server did not answer {url}/health within {STARTUP_TIMEOUT_S:.0f} s")
             time.sleep(0.5)
-        print(f"MLflow UI: {url}  (store {uri}; server log {log_path})", flush=True)
+        print(f"MLflow UI: {url}  (ready after {time.time() - started:.0f} s)", flush=True)
         try:
             for line in comparison_links(url):
                 print(line, flush=True)
