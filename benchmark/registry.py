@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -13,6 +14,18 @@ class RegistryError(KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` closest to a mistyped ``name`` (difflib's ratio >= 0.6), or None."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'medi'?)`` for the choice closest to a mistyped ``name``, or ``""`` if none is close."""
+    close = closest(name, choices)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 class Registry(Generic[T]):
@@ -37,7 +50,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise RegistryError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}")
+            hint = did_you_mean(name, self.names())
+            raise RegistryError(f"unknown {self.kind} {name!r}{hint}; choose from: {', '.join(self.names())}")
         return self._entries[name][0]
 
     def description(self, name: str) -> str:
