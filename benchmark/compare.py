@@ -109,7 +109,7 @@ def compare(
     cfgs = {m: build_config(m, task_name, preset, seed, device, overrides) for m in ("cls", "medi")}
     cfg = cfgs["medi"]
     task = TASKS.get(task_name)(cfg.data, cfg.split, cache_dir, progress)
-    train = task.splits(cfg.split.seed)["train"]
+    train = task.splits(cfg.seed_for("split"))["train"]
     meta = train.metadata.reset_index(drop=True)
     classes = list(task.classes)
     models = {}

@@ -62,10 +62,11 @@ def cut_samples(src: Path, dst: Path, max_sites: int = SAMPLE_SITES) -> int:
     return int(mask.sum())
 
 
-def freeze(jobs: Sequence, dest: Path, command: str, commit: str) -> dict:
+def freeze(jobs: Sequence, dest: Path, command: str, commit: str, allow_dirty: bool = False) -> dict:
     """Copy the finished ``jobs`` (``benchmark.sweep.Job``) into ``dest``; the manifest (``commit``: the tree's).
 
-    Raises FreezeError naming the unfinished jobs, or when ``dest`` exists."""
+    Raises FreezeError naming the unfinished jobs, when ``dest`` exists, or (unless ``allow_dirty``) when the
+    records do not all come from one clean commit: published results must name the code that made them."""
     from benchmark.runner import load_record
 
     dest = Path(dest)
@@ -79,6 +80,13 @@ def freeze(jobs: Sequence, dest: Path, command: str, commit: str) -> dict:
         raise FreezeError(
             f"{len(missing)} of {len(jobs)} jobs have no finished record ({', '.join(missing[:8])}"
             f"{', ...' if len(missing) > 8 else ''}): run the same grid with `python -m benchmark sweep` first"
+        )
+    commits = sorted({str(rec.get("git_commit") or "unknown") for _, rec in records})
+    if not allow_dirty and (len(commits) > 1 or commits[0].endswith("-dirty") or commits[0] == "unknown"):
+        raise FreezeError(
+            f"the records come from {len(commits)} commit(s) ({', '.join(commits)}): frozen results must come from "
+            "one clean commit; commit, re-run the sweep (runs of other code are not reused), then freeze "
+            "(--allow-dirty freezes anyway, marked in the manifest)"
         )
     tmp = dest.with_name(f".{dest.name}.partial")
     if tmp.exists():
@@ -123,7 +131,8 @@ def freeze(jobs: Sequence, dest: Path, command: str, commit: str) -> dict:
             "grid": {"methods": sorted({j.cfg.method for j in jobs}), "tasks": sorted({j.cfg.task for j in jobs}),
                      "seeds": sorted({j.cfg.seed for j in jobs}), "presets": sorted({j.cfg.preset for j in jobs})},
             "runs": len(records),
-            "record_commits": sorted({str(r.get("git_commit")) for _, r in records}),
+            "record_commits": commits,
+            "one_clean_commit": len(commits) == 1 and not commits[0].endswith("-dirty") and commits[0] != "unknown",
             "hosts": hosts,
             "sum_of_run_durations_s": round(sum(float(r.get("duration_s") or 0) for _, r in records), 1),
             "model_training_s": models,

@@ -1,4 +1,4 @@
-"""Evaluation metrics: balanced, worst-group, per-group and site-averaged accuracy, and MCC.
+"""Evaluation metrics: balanced, worst-group (and worst-20%-of-groups), per-group and site-averaged accuracy, MCC.
 
 Every function takes plain arrays and returns plain numbers or frames, so each has a hand-computed test.
 An empty input gives NaN (never an exception): a split or group can legitimately be empty.
@@ -37,23 +37,45 @@ def mcc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def group_table(
-    y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Series | np.ndarray, min_group_size: int
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: pd.Series | np.ndarray,
+    min_group_size: int,
+    patients: pd.Series | np.ndarray | None = None,
+    min_group_patients: int = 1,
 ) -> pd.DataFrame:
-    """One row per group: n, correct, accuracy, and ``flagged`` when n < min_group_size (reported, not dropped)."""
-    frame = pd.DataFrame({"group": np.asarray(groups, dtype=object), "correct": np.asarray(y_true) == y_pred})
+    """One row per group: n (patches), patients, correct, accuracy, and ``flagged`` when the group has fewer than
+    ``min_group_size`` patches or ``min_group_patients`` patients (reported, not dropped). Without ``patients``
+    every patch counts as its own patient."""
+    columns = ["group", "n", "patients", "correct", "accuracy", "flagged"]
+    ids = np.arange(len(y_true)) if patients is None else np.asarray(patients, dtype=object)
+    frame = pd.DataFrame(
+        {"group": np.asarray(groups, dtype=object), "patient": ids, "correct": np.asarray(y_true) == y_pred}
+    )
     if frame.empty:
-        return pd.DataFrame(columns=["group", "n", "correct", "accuracy", "flagged"])
-    table = frame.groupby("group", sort=True)["correct"].agg(n="size", correct="sum").reset_index()
+        return pd.DataFrame(columns=columns)
+    grouped = frame.groupby("group", sort=True)
+    table = grouped["correct"].agg(n="size", correct="sum").reset_index()
+    table["patients"] = grouped["patient"].nunique().to_numpy()
     table["correct"] = table["correct"].astype(int)
     table["accuracy"] = table["correct"] / table["n"]
-    table["flagged"] = table["n"] < min_group_size
-    return table
+    table["flagged"] = (table["n"] < min_group_size) | (table["patients"] < min_group_patients)
+    return table[columns]
 
 
 def worst_group_accuracy(table: pd.DataFrame) -> float:
     """Lowest accuracy over the groups that are not flagged as too small; NaN when none qualifies."""
     ok = table[~table["flagged"].astype(bool)] if len(table) else table
     return float(ok["accuracy"].min()) if len(ok) else NAN
+
+
+def worst20_group_accuracy(table: pd.DataFrame) -> float:
+    """Mean accuracy of the worst 20% of the groups that are not flagged (at least one group): the worst-group
+    accuracy's stable companion, which still moves when one group is lost by every method."""
+    from benchmark.stats import worst_fraction_mean
+
+    ok = table[~table["flagged"].astype(bool)] if len(table) else table
+    return float(worst_fraction_mean(ok["accuracy"].to_numpy(dtype=float))[0]) if len(ok) else NAN
 
 
 def site_averaged_balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, sites: np.ndarray) -> float:
@@ -98,6 +120,8 @@ def evaluate(
     n_classes: int,
     min_group_size: int,
     alignment: np.ndarray | None = None,
+    patients: np.ndarray | None = None,
+    min_group_patients: int = 1,
 ) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
     """All metrics of one split: (scalar metrics, per-group table, confusion matrix).
 
@@ -105,12 +129,13 @@ def evaluate(
     and their difference, ``shortcut_gap`` (large when the classifier reads the site instead of the tissue).
     Balanced, because aligned and misaligned patches have very different class mixes.
     """
-    table = group_table(y_true, y_pred, groups, min_group_size)
+    table = group_table(y_true, y_pred, groups, min_group_size, patients, min_group_patients)
     metrics = {
         "n": float(len(y_true)),
         "accuracy": accuracy(y_true, y_pred),
         "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "worst_group_accuracy": worst_group_accuracy(table),
+        "worst20_group_accuracy": worst20_group_accuracy(table),
         "site_balanced_accuracy": site_averaged_balanced_accuracy(y_true, y_pred, sites),
         "mcc": mcc(y_true, y_pred),
         "n_groups": float(len(table)),

@@ -269,7 +269,7 @@ def _trained_medi(preset: str, results: Path):
     cfg = build_config("medi", "nsclc", preset, 0, "cpu", [])
     cache = results / "cache"
     task = TASKS.get("nsclc")(cfg.data, cfg.split, cache, False)
-    train = task.splits(cfg.split.seed)["train"]
+    train = task.splits(cfg.seed_for("split"))["train"]
     method = MeDi(cfg.method_params)
     ctx = Context(device="cpu", preset=preset, seed=0, task=task, run_dir=results, cache_dir=cache, progress=False)
     return (method, ctx, train) if method.load(train, ctx) else None
@@ -466,7 +466,7 @@ def markdown(rows: list[Row], errors: dict[str, str]) -> str:
 
 def run_perf(preset: str, stages: list[str], results: Path, methods: list[str], threads: int,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from benchmark.runner import git_commit
+    from benchmark.provenance import git_commit
 
     started = time.time()
     rows: list[Row] = []

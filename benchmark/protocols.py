@@ -51,7 +51,7 @@ class Context:
 
     device: str
     preset: str
-    seed: int
+    seed: int  # the sampling seed: generation plan, sampler noise, FID rows (RunConfig.seed_for("sampling"))
     task: Task
     run_dir: Path
     cache_dir: Path
@@ -59,6 +59,7 @@ class Context:
     log_metrics: Callable[[dict[str, float], int | None], None] = lambda metrics, step=None: None
     log_artifact: Callable[[Path], None] = lambda path: None
     report: dict[str, Any] = field(default_factory=dict)  # counts the method wants in the run record
+    model_seed: int = 0  # a trained model's initial weights and batches (RunConfig.seed_for("model"))
 
 
 class Method:

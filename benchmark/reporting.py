@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark import stats
+from benchmark.config import SEED_SOURCES
 from benchmark.data import UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -35,15 +37,24 @@ SAMPLE_LABELS = {
 }
 TABLE_SPLITS: tuple[str, ...] = ("test_unseen", "test_seen")
 #: (metric key, column title); all higher-is-better.
-TABLE_METRICS: tuple[tuple[str, str], ...] = (
-    ("balanced_accuracy", "balanced acc."),
-    ("worst_group_accuracy", "worst-group acc."),
-    ("site_balanced_accuracy", "site-avg. balanced acc."),
+TABLE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("balanced_accuracy", "balanced acc.", "max"),
+    ("worst_group_accuracy", "worst-group acc.", "max"),
+    ("worst20_group_accuracy", "worst-20% groups acc.", "max"),
+    ("site_balanced_accuracy", "site-avg. balanced acc.", "max"),
+    ("shortcut_gap", "shortcut gap", "zero"),
+)
+#: (metric key, title, direction): the verdict's paired comparisons on test_unseen, one forest-plot panel each
+VERDICT_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("balanced_accuracy", "balanced accuracy", 1),
+    ("worst_group_accuracy", "worst-group accuracy", 1),
+    ("worst20_group_accuracy", "worst-20% groups accuracy", 1),
+    ("shortcut_gap", "shortcut gap", -1),
 )
 DEFAULT_GROUP_COLUMNS: tuple[str, ...] = ("cancer_type", "tissue_source_site", "race")
 SAMPLES_FILE = "samples.npz"
 SAMPLES_PER_CELL = 8
-RECORD_SCHEMAS = (1,)
+RECORD_SCHEMAS = (1, 2)
 NAN = float("nan")
 
 
@@ -127,163 +138,24 @@ def _value(rec: dict, key: str) -> float:
     return v if math.isfinite(v) else NAN
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# statistics
-
-
-def mean_sem(values: Iterable[float]) -> tuple[float, float, int]:
-    """Mean, standard error of the mean (sample std / sqrt n; NaN for n < 2) and n over the finite values."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(float(x))], dtype=float)
-    if len(v) == 0:
-        return NAN, NAN, 0
-    sem = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else NAN
-    return float(v.mean()), sem, len(v)
-
-
-def _resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """n_boot x n multiplicities of a bootstrap resample of n items."""
-    idx = rng.integers(0, n, size=(n_boot, n))
-    flat = (np.arange(n_boot)[:, None] * n + idx).ravel()
-    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-
-
-def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
-    ok = np.isfinite(x)
-    cnt = ok.sum(axis=axis)
-    return _ratio(np.where(ok, x, 0).sum(axis=axis), cnt.astype(float))
-
-
-def weighted_metric(
-    weights: np.ndarray, frame: pd.DataFrame, metric: str, min_group_size: int
-) -> np.ndarray:
-    """``metric`` of one split's predictions under each row of ``weights`` (B x n patch multiplicities).
-
-    With all weights 1 this is the runner's metric (balanced_accuracy, worst_group_accuracy,
-    site_balanced_accuracy, accuracy); flagged groups (n < min_group_size) are those of the unweighted split.
-    """
-    y = frame["label"].to_numpy()
-    correct = (y == frame["pred"].to_numpy()).astype(float)
-    w = np.atleast_2d(weights)
-
-    def onehot(codes: np.ndarray) -> np.ndarray:
-        m = np.zeros((len(codes), int(codes.max()) + 1 if len(codes) else 0))
-        m[np.arange(len(codes)), codes] = 1.0
-        return m
-
-    if metric == "accuracy":
-        return _ratio(w @ correct, w.sum(axis=1))
-    if metric == "balanced_accuracy":
-        onehot_y = onehot(pd.factorize(y, sort=True)[0])
-        return _nanmean(_ratio(w @ (onehot_y * correct[:, None]), w @ onehot_y), axis=1)
-    if metric == "worst_group_accuracy":
-        codes = pd.factorize(frame["group"].astype(str), sort=True)[0]
-        onehot_g = onehot(codes)
-        keep = np.bincount(codes, minlength=onehot_g.shape[1]) >= min_group_size
-        acc = _ratio(w @ (onehot_g * correct[:, None]), w @ onehot_g)[:, keep]
-        out = np.full(len(w), np.nan)
-        if acc.shape[1]:
-            ok = np.isfinite(acc).any(axis=1)
-            out[ok] = np.nanmin(acc[ok], axis=1)
-        return out
-    if metric == "site_balanced_accuracy":
-        sites = frame["tissue_source_site"].astype(str).to_numpy()
-        pair_codes, pairs = pd.factorize(pd.Series(sites) + "\x00" + pd.Series(y).astype(str), sort=True)
-        recall = _ratio(w @ (onehot(pair_codes) * correct[:, None]), w @ onehot(pair_codes))  # B x pairs
-        pair_site = pd.factorize(pd.Series(pairs).str.split("\x00").str[0], sort=True)[0]
-        member = onehot(pair_site)  # pairs x sites
-        ok = np.isfinite(recall)
-        per_site = _ratio(np.where(ok, recall, 0) @ member, ok.astype(float) @ member)  # B x sites
-        return _nanmean(per_site, axis=1)
-    raise ValueError(f"no patch-level definition of metric {metric!r}")
-
-
 def _run_dir(rec: dict) -> Path | None:
     """A record's run directory here (``_run_dir`` from load_records, else the recorded one when it exists)."""
     path = rec.get("_run_dir") if "_run_dir" in rec else rec.get("run_dir")
     return Path(path) if path and Path(path).is_dir() else None
 
 
-def _predictions(rec: dict, split: str) -> pd.DataFrame | None:
-    run_dir = _run_dir(rec)
-    if run_dir is None:
-        return None
-    path = run_dir / "predictions.csv.gz"
-    if not path.is_file():
-        return None
-    try:
-        frame = pd.read_csv(path, dtype={"tissue_source_site": str, "group": str, "patient_id": str})
-    except (OSError, ValueError) as exc:
-        log.warning("unreadable predictions %s: %s", path, exc)
-        return None
-    needed = {"split", "label", "pred", "group", "tissue_source_site"}
-    if not needed <= set(frame.columns):
-        return None
-    return frame[frame["split"] == split].reset_index(drop=True)
-
-
-@dataclass
-class PairedTest:
-    """A method against the baseline on one metric: mean paired difference and a two-sided bootstrap p-value."""
-
-    delta: float
-    p: float
-    level: str  # "patch": test patches resampled jointly for both runs of each seed; "seed": paired seeds resampled
-    n_pairs: int
-
-
-def paired_bootstrap(
-    method_runs: Sequence[dict],
-    baseline_runs: Sequence[dict],
-    split: str,
-    metric: str,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> PairedTest | None:
-    """Paired bootstrap test of ``metric`` on ``split``: runs are paired by seed (None when no seed is shared).
-
-    With every pair's predictions at hand the test patches are resampled (the same resample for both runs of a
-    pair); otherwise the paired seeds are (which needs at least two pairs for a p-value).
-    """
-    base = {_seed(r): r for r in baseline_runs}
-    pairs = [(r, base[_seed(r)]) for r in method_runs if _seed(r) in base]
-    if not pairs:
-        return None
-    key = f"{split}/{metric}"
-    deltas = [_value(a, key) - _value(b, key) for a, b in pairs]
-    frames = [(_predictions(a, split), _predictions(b, split)) for a, b in pairs]
-    usable = all(
-        fa is not None and fb is not None and len(fa) == len(fb) and len(fa) > 0
-        and (fa["label"].to_numpy() == fb["label"].to_numpy()).all()
-        and (fa["group"].to_numpy() == fb["group"].to_numpy()).all()
-        for fa, fb in frames
-    )
-    if usable:
-        reps = np.zeros(n_boot)
-        for (a, _), (fa, fb) in zip(pairs, frames, strict=True):
-            mgs = int(a.get("config", {}).get("probe", {}).get("min_group_size", 10))
-            w = _resample_weights(len(fa), n_boot, np.random.default_rng(seed))
-            reps += weighted_metric(w, fa, metric, mgs) - weighted_metric(w, fb, metric, mgs)
-        reps /= len(pairs)
-        level = "patch"
-    else:
-        d = np.asarray(deltas, dtype=float)
-        d = d[np.isfinite(d)]
-        if len(d) < 2:
-            return PairedTest(float(np.mean(d)) if len(d) else NAN, NAN, "seed", len(d))
-        idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-        reps = d[idx].mean(axis=1)
-        level = "seed"
-    reps = reps[np.isfinite(reps)]
-    delta = float(np.nanmean(deltas)) if np.isfinite(deltas).any() else NAN
-    if len(reps) == 0:
-        return PairedTest(delta, NAN, level, len(pairs))
-    p = min(1.0, 2.0 * min(float((reps <= 0).mean()), float((reps >= 0).mean())))
-    return PairedTest(delta, p, level, len(pairs))
+def replicate_of(rec: dict) -> dict:
+    """A record's replicate: its seed, each source's seed, and which sources followed the seed. Records older than
+    the replicate protocol (schema 1) fixed the split and the generative model and varied sampling and the probe."""
+    rep = rec.get("replicate")
+    if isinstance(rep, dict) and isinstance(rep.get("seeds"), dict):
+        return rep
+    cfg = rec.get("config") or {}
+    seed = _seed(rec)
+    split_seed = int((cfg.get("split") or {}).get("seed", 0))
+    model_seed = int((cfg.get("method_params") or {}).get("train_seed", 0))
+    return {"seed": seed, "seeds": {"split": split_seed, "model": model_seed, "sampling": seed, "probe": seed},
+            "varied": ["sampling", "probe"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,8 +172,13 @@ class Row:
     def seeds(self) -> list[int]:
         return sorted(_seed(r) for r in self.runs)
 
-    def stat(self, key: str) -> tuple[float, float, int]:
-        return mean_sem(_value(r, key) for r in self.runs)
+    def stat(self, key: str) -> stats.Estimate:
+        """Mean over the row's replicates with its 95% t interval."""
+        return stats.replicate_estimate([_value(r, key) for r in self.runs])
+
+    def by_replicate(self, key: str) -> dict[tuple[int, int], float]:
+        """(replicate seed, split seed) -> value: what pairs two methods' runs (same split, same seeds)."""
+        return {(_seed(r), int(replicate_of(r)["seeds"].get("split", 0))): _value(r, key) for r in self.runs}
 
 
 @dataclass
@@ -322,6 +199,15 @@ class Section:
 
     def baseline(self) -> Row | None:
         return next((r for r in self.rows if r.method == "none"), None)
+
+    def varied(self) -> list[str]:
+        """The sources of randomness every record of the section varied with its replicate seed."""
+        sets = [set(replicate_of(r).get("varied") or []) for r in self.records]
+        common = set.intersection(*sets) if sets else set()
+        return [s for s in SEED_SOURCES if s in common]
+
+    def n_replicates(self) -> int:
+        return max((len(row.runs) for row in self.rows), default=0)
 
     def fid_spaces(self) -> list[str]:
         spaces = {k.split("/")[1] for r in self.records for k in r["metrics"] if k.startswith("fid/")
@@ -439,64 +325,173 @@ def _fmt_p(p: float) -> str:
 class Cell:
     text: str
     mean: float
-    sem: float
+    low: float  # 95% t interval over replicates (NaN with one replicate)
+    high: float
     n: int
     best: bool = False
     notes: list[str] = field(default_factory=list)  # small lines under the value
     title: str = ""
 
 
-def _cells(section: Section, key: str, digits: int, lower_is_better: bool) -> list[Cell]:
-    stats = [row.stat(key) for row in section.rows]
-    means = [m for m, _, n in stats if n]
-    target = (min(means) if lower_is_better else max(means)) if means else NAN
+def _interval(est: stats.Estimate, digits: int) -> str:
+    if est.n == 0:
+        return "n/a"
+    if est.n < 2 or not math.isfinite(est.low):
+        return _fmt(est.mean, digits)
+    return f"{_fmt(est.mean, digits)} [{_fmt(est.low, digits)}, {_fmt(est.high, digits)}]"
+
+
+def _cells(section: Section, key: str, digits: int, best: str) -> list[Cell]:
+    """One cell per row: mean [95% interval] over replicates; ``best``: "max", "min" or "zero" (closest to 0)."""
+    ests = [row.stat(key) for row in section.rows]
+    score = {"max": lambda m: -m, "min": lambda m: m, "zero": abs}[best]
+    scores = [score(e.mean) for e in ests if e.n and math.isfinite(e.mean)]
+    target = min(scores) if scores else NAN
+    tied = all(abs(v - target) <= 1e-12 for v in scores)  # nothing to single out
     cells = []
-    for mean, sem, n in stats:
-        if n == 0:
-            cells.append(Cell("n/a", NAN, NAN, 0))
+    for est in ests:
+        if est.n == 0 or not math.isfinite(est.mean):
+            cells.append(Cell("n/a", NAN, NAN, NAN, est.n))
             continue
-        text = _fmt(mean, digits) + (f" ± {_fmt(sem, digits)}" if n > 1 else "")
-        tied = all(abs(m - target) <= 1e-12 * max(1.0, abs(target)) for m in means)  # nothing to single out
-        best = len(means) > 1 and not tied and abs(mean - target) <= 1e-12 * max(1.0, abs(target))
-        cells.append(Cell(text, mean, sem, n, best))
+        is_best = len(scores) > 1 and not tied and abs(score(est.mean) - target) <= 1e-12
+        cell = Cell(_fmt(est.mean, digits), est.mean, est.low, est.high, est.n, is_best)
+        if est.n > 1 and math.isfinite(est.low):
+            cell.notes.append(f"[{_fmt(est.low, digits)}, {_fmt(est.high, digits)}]")
+        cells.append(cell)
     return cells
 
 
-def split_table(section: Section, split: str, n_boot: int = 2000) -> dict:
-    """Columns and rows of one split's leaderboard: mean ± SEM, best marked, paired test against ``none``."""
-    columns: list[dict] = [{"key": f"{split}/{m}", "title": t, "metric": m, "kind": "acc"} for m, t in TABLE_METRICS]
+def split_table(section: Section, split: str) -> dict:
+    """Columns and rows of one split's table: mean [95% t interval] over replicates, the best mean marked."""
+    columns: list[dict] = [{"key": f"{split}/{m}", "title": t, "metric": m, "kind": "acc", "best": b}
+                           for m, t, b in TABLE_METRICS]
     if split == "test_unseen":
         for space in section.fid_spaces():
             columns.append({"key": f"fid/{space}/mean", "title": f"FID ({space})", "metric": f"fid/{space}",
-                            "kind": "fid", "space": space})
-    base = section.baseline()
+                            "kind": "fid", "space": space, "best": "min"})
     grid = []
     for col in columns:
         fid = col["kind"] == "fid"
-        cells = _cells(section, col["key"], 2 if fid else 3, lower_is_better=fid)
+        cells = _cells(section, col["key"], 2 if fid else 3, col["best"])
         for row, cell in zip(section.rows, cells, strict=True):
             if fid and cell.n:
-                n_real = mean_sem(_value(r, f"fid/{col['space']}/n_real") for r in row.runs)[0]
-                n_syn = mean_sem(_value(r, f"fid/{col['space']}/n_synthetic") for r in row.runs)[0]
+                n_real = row.stat(f"fid/{col['space']}/n_real").mean
+                n_syn = row.stat(f"fid/{col['space']}/n_synthetic").mean
                 small = sum(_value(r, f"fid/{col['space']}/small_n") > 0 for r in row.runs)
                 cell.notes.append(f"n = {_fmt(n_real, 0)} real / {_fmt(n_syn, 0)} synth.")
                 if small:
                     cell.notes.append("unstable: few images")
                     cell.title = "fewer images than feature dimensions in some cancer types: the estimate is biased " \
                                  "upward and unstable"
-            elif not fid and base is not None and row is not base and cell.n:
-                test = paired_bootstrap(row.runs, base.runs, split, col["metric"], n_boot=n_boot)
-                if test is not None:
-                    if math.isfinite(test.delta):
-                        cell.notes.append(f"Δ {test.delta:+.3f} · {_fmt_p(test.p)}")
-                    unit = "patches" if test.level == "patch" else "seeds"
-                    cell.title = f"paired bootstrap vs none over {test.n_pairs} seed pair(s), resampling {unit}"
+            elif cell.n == 1:
+                run = row.runs[0]
+                low, high = _value(run, f"{col['key']}/ci_low"), _value(run, f"{col['key']}/ci_high")
+                if math.isfinite(low) and math.isfinite(high):
+                    cell.notes.append(f"run: [{_fmt(low, 3)}, {_fmt(high, 3)}]")
+                    cell.title = "one replicate: 95% interval of this run from a bootstrap over test patients; it " \
+                                 "leaves out the variance between splits and trained models"
         grid.append(cells)
     rows = []
     for i, row in enumerate(section.rows):
-        rows.append({"label": row.label, "method": row.method, "seeds": row.seeds,
+        rows.append({"label": row.label, "method": row.method, "seeds": row.seeds, "n": len(row.runs),
                      "cells": [grid[j][i] for j in range(len(columns))]})
     return {"split": split, "columns": columns, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the verdict: paired differences over replicates
+
+
+def comparison_pairs(section: Section) -> list[tuple[Row, Row]]:
+    """What the verdict compares: every row against ``none``, and ``medi`` against ``cls`` (the paper's claim)."""
+    base = section.baseline()
+    pairs = [(row, base) for row in section.rows if base is not None and row is not base]
+    medis = [r for r in section.rows if r.method == "medi"]
+    clss = [r for r in section.rows if r.method == "cls"]
+    if len(medis) == 1 and len(clss) == 1:
+        pairs.append((medis[0], clss[0]))
+    return pairs
+
+
+def section_comparisons(section: Section, test: str = "t", split: str = "test_unseen") -> list[stats.Comparison]:
+    """Paired comparisons on ``split`` for every verdict metric; Holm within each metric (one forest-plot panel)."""
+    pairs = comparison_pairs(section)
+    out: list[stats.Comparison] = []
+    for metric, _, _ in VERDICT_METRICS:
+        key = f"{split}/{metric}"
+        family = []
+        for a, b in pairs:
+            va, vb = a.by_replicate(key), b.by_replicate(key)
+            common = sorted(set(va) & set(vb))
+            family.append(stats.paired_comparison([va[k] for k in common], [vb[k] for k in common], metric,
+                                                  a.label, b.label, test, family=len(pairs)))
+        out += stats.adjust_family(family)
+    return out
+
+
+def _verdict_word(c: stats.Comparison) -> str:
+    if c.n < 2:
+        return f"n/a: needs >= {max(c.needs, 2)} replicates"
+    if not c.reachable:
+        return f"n/a: needs >= {c.needs} replicates"
+    if c.significant:
+        return "higher" if c.delta > 0 else "lower"
+    return "no significant difference"
+
+
+def verdict_table(comparisons: Sequence[stats.Comparison]) -> dict:
+    """Rows = comparisons, columns = verdict metrics; each cell: difference [interval], Holm p, verdict."""
+    titles = {m: t for m, t, _ in VERDICT_METRICS}
+    names = list(dict.fromkeys((c.a, c.b) for c in comparisons))
+    rows = []
+    for a, b in names:
+        cells = []
+        for metric, _, _ in VERDICT_METRICS:
+            c = next((x for x in comparisons if (x.a, x.b) == (a, b) and x.metric == metric), None)
+            if c is None or c.n == 0:
+                cells.append({"text": "n/a", "notes": ["no paired replicates"], "significant": False, "title": ""})
+                continue
+            interval = f" [{c.low:+.3f}, {c.high:+.3f}]" if math.isfinite(c.low) else ""
+            notes = [f"p(Holm) {_fmt_p(c.p_holm)[2:]}" if c.reachable and math.isfinite(c.p_holm) else "",
+                     _verdict_word(c)]
+            cells.append({"text": f"{c.delta:+.3f}{interval}", "notes": [n for n in notes if n],
+                          "significant": c.significant,
+                          "title": f"{c.n} paired replicates; paired t p = {_fmt(c.p_t, 4)}, exact sign-flip p = "
+                                   f"{_fmt(c.p_signflip, 4)}; Cohen's d_z = {_fmt(c.effect_size, 2)}"})
+        n = max((c.n for c in comparisons if (c.a, c.b) == (a, b)), default=0)
+        rows.append({"label": f"{a} − {b}", "n": n, "cells": cells})
+    return {"columns": [titles[m] for m, _, _ in VERDICT_METRICS], "rows": rows}
+
+
+def verdict_sentences(section: Section, comparisons: Sequence[stats.Comparison], test: str) -> list[str]:
+    """Sentences a reader can quote: what differs significantly, and plainly what does not."""
+    titles = {m: t for m, t, _ in VERDICT_METRICS}
+    n = max((c.n for c in comparisons), default=0)
+    varied = section.varied()
+    sources = ", ".join(varied) if varied else "nothing (every replicate repeats one run)"
+    test_name = "paired t-test" if test == "t" else "exact sign-flip permutation test"
+    head = (f"{section.task}, test_unseen, {n} paired replicate(s) varying {sources}; {test_name}, Holm-corrected "
+            f"within each metric, alpha {stats.ALPHA}.")
+    if not comparisons:
+        return [head, "No comparison: the section has no run of none (and not both medi and cls)."]
+    if all(not c.reachable for c in comparisons):
+        need = max(c.needs for c in comparisons)
+        return [head, f"No difference can be tested with {n} replicate(s): the {test_name} needs >= {need}."]
+    out = [head]
+    significant = [c for c in comparisons if c.significant]
+    for c in significant:
+        out.append(f"{c.a} vs {c.b}: {titles[c.metric]} {c.delta:+.3f} [{c.low:+.3f}, {c.high:+.3f}] "
+                   f"({'higher' if c.delta > 0 else 'lower'}, p(Holm) {_fmt_p(c.p_holm)[2:]}).")
+    rest = sorted({f"{c.a} vs {c.b}" for c in comparisons if not c.significant and c.reachable})
+    if not significant:
+        out.append("No significant difference between any of the methods compared, on any metric.")
+    elif rest:
+        out.append("Everything else shows no significant difference (" + "; ".join(rest) + ").")
+    unreachable = [c for c in comparisons if not c.reachable]
+    if unreachable:
+        out.append(f"Not testable for lack of replicates: {len(unreachable)} comparison(s) "
+                   f"(needs >= {max(c.needs for c in unreachable)}).")
+    return out
 
 
 def fid_table(section: Section) -> dict | None:
@@ -516,13 +511,14 @@ def fid_table(section: Section) -> dict | None:
             cells = []
             for ct in [*cancer_types, "mean"]:
                 key = f"fid/{space}/{ct}"
-                mean, sem, n = row.stat(key)
+                est = row.stat(key)
+                mean, n = est.mean, est.n
                 lows = [_value(r, f"{key}/ci_low") for r in row.runs]
                 highs = [_value(r, f"{key}/ci_high") for r in row.runs]
                 lows, highs = [x for x in lows if math.isfinite(x)], [x for x in highs if math.isfinite(x)]
                 ci = f"CI [{_fmt(min(lows), 2)}, {_fmt(max(highs), 2)}]" if lows and highs else ""
-                count = "" if ct == "mean" else f"n = {_fmt(row.stat(key + '/n_real')[0], 0)}"
-                text = _fmt(mean, 2) + (f" ± {_fmt(sem, 2)}" if n > 1 else "")
+                count = "" if ct == "mean" else f"n = {_fmt(row.stat(key + '/n_real').mean, 0)}"
+                text = _interval(est, 2)
                 cells.append({"text": text if n else "n/a", "ci": ci, "count": count, "mean": mean})
             rows.append({"space": space, "label": row.label, "cells": cells})
     return {"cancer_types": [*cancer_types, "mean"], "rows": rows}
@@ -683,6 +679,41 @@ def fid_png(frame: pd.DataFrame, title: str) -> bytes:
             ax.set_ylabel(f"FID ({space}), lower is better")
             ax.legend(title="method", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                       frameon=False)
+        fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+        _tight(fig)
+        return _png(fig)
+
+
+def forest_png(comparisons: Sequence[stats.Comparison], title: str) -> bytes:
+    """One panel per verdict metric: each comparison's mean paired difference with its 95% interval; filled:
+    significant after Holm, open: not, grey cross: not testable with this many replicates."""
+    plt = _mpl()
+    metrics = [(m, t, d) for m, t, d in VERDICT_METRICS if any(c.metric == m for c in comparisons)]
+    names = list(dict.fromkeys(f"{c.a} − {c.b}" for c in comparisons))
+    with _style():
+        fig, axes = plt.subplots(1, len(metrics), figsize=(2.3 * len(metrics) + 1.6, 0.42 * len(names) + 1.3),
+                                 sharey=True, squeeze=False)
+        for ax, (metric, mtitle, direction) in zip(axes[0], metrics, strict=True):
+            ax.axvline(0.0, color="#444", lw=0.8, zorder=1)
+            for y, name in enumerate(names):
+                c = next((x for x in comparisons if x.metric == metric and f"{x.a} − {x.b}" == name), None)
+                if c is None or not math.isfinite(c.delta):
+                    continue
+                color = "#0a6b2c" if c.significant and c.delta * direction > 0 else \
+                    "#b3261e" if c.significant else "#1f4e8c"
+                if math.isfinite(c.low):
+                    ax.plot([c.low, c.high], [y, y], color=color if c.reachable else "#999", lw=2, zorder=2)
+                if not c.reachable:
+                    ax.plot(c.delta, y, marker="x", color="#999", ms=6, zorder=3)
+                else:
+                    ax.plot(c.delta, y, marker="o", ms=6, zorder=3, color=color,
+                            markerfacecolor=color if c.significant else "white")
+            ax.set_title(mtitle + ("\n(lower: less shortcut)" if direction < 0 else "\n(higher is better)"),
+                         fontsize=9, loc="left")
+            ax.set_xlabel("paired difference")
+            ax.grid(axis="x", color="#e6e6e6", lw=0.6)
+        axes[0][0].set_yticks(range(len(names)), _short(names, 26))
+        axes[0][0].set_ylim(len(names) - 0.5, -0.5)
         fig.suptitle(title, x=0.01, ha="left", fontsize=10)
         _tight(fig)
         return _png(fig)
@@ -875,7 +906,7 @@ def section_figures(section: Section) -> tuple[list[Figure], list[str]]:
     varied = [m for m, part in frame.groupby("method") if part["ratio"].nunique() > 1]
     if varied:
         base_row = section.baseline()
-        baseline = base_row.stat("test_unseen/balanced_accuracy")[0] if base_row else NAN
+        baseline = base_row.stat("test_unseen/balanced_accuracy").mean if base_row else NAN
         png = ratio_png(frame[frame["method"].isin(varied)], baseline, "Accuracy against the synthetic ratio")
         figures.append(Figure(f"{base}-ratio", "Accuracy against the synthetic ratio",
                               "Balanced accuracy on test_unseen for runs that differ in how many synthetic patches "
@@ -961,7 +992,7 @@ th { background: var(--head); font-weight: 600; }
 tbody th { background: none; }
 th:first-child, td:first-child, td.group, .space { text-align: left; }
 td.num, td.seeds { white-space: nowrap; }
-td.best { color: var(--best); font-weight: 700; }
+td.best, td.significant { color: var(--best); font-weight: 700; }
 .mark { font-size: .85em; margin-left: .15em; }
 .sub { display: block; font-size: .8em; color: var(--muted); font-weight: 400; white-space: nowrap; }
 figure { margin: 1rem 0 1.4rem; }
@@ -990,106 +1021,11 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid #e
 }
 """
 
-_TEMPLATE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<meta name="generator" content="MeDiBench {{ version }}">
-<title>{{ title }}</title>
-<link rel="icon" href="data:,">
-<style>{{ css }}</style>
-</head>
-<body>
-<header>
-<h1>{{ title }}</h1>
-<p class="meta">Generated {{ generated }} from {{ n_records }} run record{{ '' if n_records == 1 else 's' }} in
-<code>{{ source }}</code>{% if commits %} · code {{ commits | join(', ') }}{% endif %}.</p>
-</header>
-{% if skipped %}
-<div class="notice" role="note"><strong>{{ skipped | length }} record(s) left out:</strong>
-<ul>{% for s in skipped %}<li><code>{{ s.name }}</code>: {{ s.reason }}</li>{% endfor %}</ul></div>
-{% endif %}
-{% if not sections %}
-<section class="empty" id="empty">
-<h2>No run records</h2>
-<p>No finished runs were found in <code>{{ source }}</code>, so there is nothing to compare yet.</p>
-<p>Run some methods first, for example
-<code>python -m benchmark run --method none --task nsclc --preset smoke --seed 0</code>
-(repeat for seeds 1 and 2 and for other methods), then
-<code>python -m benchmark report --results {{ source }}</code>.</p>
-</section>
-{% else %}
-<nav aria-label="Contents"><strong>Contents</strong><ul>
-{% for s in sections %}<li><a href="#{{ s.anchor }}">{{ s.heading }}</a></li>{% endfor %}
-</ul></nav>
-<p class="legend">Cells: mean ± standard error of the mean over seeds (no ± with one seed).
-<span aria-hidden="true">★</span> <strong>bold</strong>: best in the column.
-Δ: mean paired difference to <code>none</code> (same seeds), with the
-two-sided p-value of a paired bootstrap ({{ n_boot }} resamples of the test patches, or of the seeds when predictions
-are not at hand). Worst-group accuracy leaves out groups smaller than the probe's <code>min_group_size</code>.
-FID compares synthetic images made for the held-out rows with the real held-out images, per cancer type and averaged;
-the feature space is part of its name; n: real / synthetic images per run; unstable: fewer images than feature
-dimensions in some cancer type.</p>
-{% for s in sections %}
-<section class="task" id="{{ s.anchor }}">
-<h2>{{ s.heading }}</h2>
-<p class="meta">{{ s.description }}</p>
-{% for n in s.notices %}<p class="notice" role="note">{{ n }}</p>{% endfor %}
-{% for t in s.tables %}
-<h3>{{ t.split }}</h3>
-<div class="table-wrap"><table class="leaderboard" data-task="{{ s.task }}" data-split="{{ t.split }}">
-<caption>{{ t.caption }}</caption>
-<thead><tr><th scope="col">method</th><th scope="col">seeds</th>
-{% for c in t.columns %}<th scope="col">{{ c.title }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for r in t.rows %}<tr data-method="{{ r.label }}"><th scope="row">{{ r.label }}</th>
-<td class="seeds">{{ r.seeds | join(', ') }}</td>
-{% for cell in r.cells %}<td class="num{{ ' best' if cell.best else '' }}"
- data-metric="{{ t.columns[loop.index0].key }}" data-mean="{{ cell.mean }}" data-sem="{{ cell.sem }}"
- data-n="{{ cell.n }}"{% if cell.title %} title="{{ cell.title }}"{% endif %}>
-{{- cell.text }}{% if cell.best %}<span class="mark" title="best">★</span>{% endif %}
-{%- for note in cell.notes %}<span class="sub">{{ note }}</span>{% endfor %}</td>{% endfor %}
-</tr>
-{% endfor %}
-</tbody></table></div>
-{% endfor %}
-{% if s.fid %}
-<h3>FID per cancer type</h3>
-<div class="table-wrap"><table class="fid" data-task="{{ s.task }}">
-<caption>Mean ± SEM over seeds; CI: the widest of the runs' bootstrap {{ '%d' % (100 * s.fid_ci) }}% intervals;
-n: real (= synthetic) held-out images per run.</caption>
-<thead><tr><th scope="col">method</th><th scope="col" class="space">feature space</th>
-{% for ct in s.fid.cancer_types %}<th scope="col">{{ ct }}</th>{% endfor %}</tr></thead>
-<tbody>{% for r in s.fid.rows %}<tr><th scope="row">{{ r.label }}</th><td class="space">{{ r.space }}</td>
-{% for c in r.cells %}<td class="num" data-mean="{{ c.mean }}">{{ c.text }}
-{%- if c.ci %}<span class="sub">{{ c.ci }}</span>{% endif %}
-{% if c.count %}<span class="sub">{{ c.count }}</span>{% endif %}</td>{% endfor %}</tr>{% endfor %}</tbody>
-</table></div>
-{% endif %}
-{% if s.worst %}
-<h3>Lowest-accuracy groups (test_unseen)</h3>
-<div class="table-wrap"><table class="groups">
-<caption>The three worst groups ({{ s.group_columns | join(' | ') }}) of each method, pooled over seeds.</caption>
-<thead><tr><th scope="col">method</th><th scope="col">group</th><th scope="col">n</th>
-<th scope="col">accuracy</th></tr></thead>
-<tbody>{% for g in s.worst %}<tr><td>{{ g.label }}</td><td class="group">{{ g.group }}</td><td>{{ g.n }}</td>
-<td>{{ g.accuracy }}</td></tr>{% endfor %}</tbody></table></div>
-{% endif %}
-{% for f in s.figures %}
-<figure id="{{ f.name }}"><img src="{{ f.data_uri }}" alt="{{ f.title }} ({{ s.heading }})">
-<figcaption><strong>{{ f.title }}.</strong> {{ f.caption }}</figcaption></figure>
-{% endfor %}
-</section>
-{% endfor %}
-{% endif %}
-</body>
-</html>
-"""
+#: the page's jinja2 template (autoescaped), beside this module
+TEMPLATE_FILE = Path(__file__).with_name("leaderboard.html.j2")
 
 
-def _section_context(section: Section, n_boot: int) -> dict:
+def _section_context(section: Section, test: str) -> dict:
     from benchmark.fid import fid_config
 
     figures, fig_notes = section_figures(section)
@@ -1113,12 +1049,30 @@ def _section_context(section: Section, n_boot: int) -> dict:
     if setting:
         heading += f" · {setting}"
     seeds = sorted({_seed(r) for r in section.records})
-    description = (f"{len(section.rows)} method variant(s), {len(section.records)} run(s), seeds "
-                   f"{', '.join(map(str, seeds))}; classes {', '.join(section.classes) or 'n/a'}; "
-                   f"data {section.data_source}.")
+    varied = section.varied()
+    description = (f"{len(section.rows)} method variant(s), {len(section.records)} run(s), replicate seeds "
+                   f"{', '.join(map(str, seeds))}, each varying {', '.join(varied) or 'nothing'}; classes "
+                   f"{', '.join(section.classes) or 'n/a'}; data {section.data_source}.")
+    if section.preset == "smoke":
+        notices.insert(0, "Smoke preset: tiny data and models that only check the code runs end to end. These "
+                       "numbers are not results.")
+    codes = sorted({str(r.get("code_version")) for r in section.records if r.get("code_version")})
+    if len(codes) > 1:
+        notices.append(f"The records of this section come from {len(codes)} code versions ({', '.join(codes)}): "
+                       "their numbers may not be comparable; re-run them with one version of the code.")
+    comparisons = section_comparisons(section, test)
+    forest = None
+    if any(math.isfinite(c.delta) for c in comparisons):
+        forest = Figure(f"{section.anchor}-verdict", "Paired differences on test_unseen",
+                        f"Mean paired difference over replicates with its 95% t interval, one panel per metric; "
+                        f"filled: significant ({'paired t-test' if test == 't' else 'exact sign-flip test'}, Holm "
+                        f"within the panel, alpha {stats.ALPHA}); open: not significant; grey cross: not testable "
+                        f"with this many replicates. Green: better than the reference, red: worse.",
+                        forest_png(comparisons, f"{section.task}: method − reference"))
+        figures.insert(0, forest)
     tables = []
     for split in TABLE_SPLITS:
-        t = split_table(section, split, n_boot)
+        t = split_table(section, split)
         t["caption"] = (f"{split}: held-out site x demographic combinations (never seen in training)"
                         if split == "test_unseen" else f"{split}: patients from training combinations")
         tables.append(t)
@@ -1126,7 +1080,9 @@ def _section_context(section: Section, n_boot: int) -> dict:
     return {
         "anchor": section.anchor, "task": section.task, "heading": heading, "description": description,
         "notices": list(dict.fromkeys(notices)), "tables": tables, "fid": fid_table(section), "fid_ci": cfg_preset.ci,
-        "worst": worst_groups(section), "group_columns": _group_columns(section.task), "figures": figures,
+        "worst": worst_groups(section), "group_columns": _group_columns(section.task),
+        "figures": [f for f in figures if f is not forest], "forest": forest,
+        "verdict": verdict_sentences(section, comparisons, test), "comparisons": verdict_table(comparisons),
     }
 
 
@@ -1144,7 +1100,7 @@ def render(
     records: Sequence[dict],
     source: str = "results",
     expected_methods: Sequence[str] = CANONICAL_METHODS,
-    n_boot: int = 2000,
+    test: str = "t",
     title: str = "MeDiBench leaderboard",
     now: datetime | None = None,
 ) -> Report:
@@ -1164,14 +1120,18 @@ def render(
         else:
             valid.append(rec)
     sections = build_sections(valid, expected_methods)
-    contexts = [_section_context(s, n_boot) for s in sections]
+    if test not in stats.TESTS:
+        raise ReportError(f"unknown test {test!r}; choose from: {', '.join(stats.TESTS)}")
+    contexts = [_section_context(s, test) for s in sections]
     env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=False, lstrip_blocks=False)
-    html = env.from_string(_TEMPLATE).render(
+    html = env.from_string(TEMPLATE_FILE.read_text(encoding="utf-8")).render(
         title=title, css=Markup(_CSS), version=__version__, source=source, n_records=len(valid), skipped=skipped,
-        generated=(now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"), n_boot=n_boot,
+        generated=(now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
+        test_name="paired t-test" if test == "t" else "exact sign-flip permutation test",
         commits=sorted({str(r.get("git_commit")) for r in valid if r.get("git_commit")}), sections=contexts,
     )
-    return Report(html, [f for c in contexts for f in c["figures"]], sections, skipped)
+    figures = [f for c in contexts for f in ([c["forest"]] if c["forest"] else []) + c["figures"]]
+    return Report(html, figures, sections, skipped)
 
 
 def write_pdf(html: str, path: Path) -> Path:
@@ -1191,17 +1151,22 @@ def write_report(
     results_dir: Path | str,
     out_dir: Path | str,
     expected_methods: Sequence[str] = CANONICAL_METHODS,
-    n_boot: int = 2000,
+    test: str = "t",
     pdf: bool = True,
 ) -> dict[str, Any]:
     """Write ``leaderboard.html``, ``leaderboard.pdf`` and ``figures/*.png`` under ``out_dir``; what was written."""
     from benchmark.cache import atomic_write_bytes, atomic_write_text
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    if results_dir.exists() and not results_dir.is_dir():
+    if not results_dir.exists():
+        raise ReportError(f"--results {results_dir}: no such folder")
+    if not results_dir.is_dir():
         raise ReportError(f"--results {results_dir} is not a folder")
-    records = load_records(results_dir) if results_dir.is_dir() else []
-    report = render(records, str(results_dir), expected_methods, n_boot)
+    records = load_records(results_dir)
+    if not records:
+        raise ReportError(f"--results {results_dir}: no run records there (results.jsonl or "
+                          "runs/<task>/<method>/<run>/record.json); nothing written")
+    report = render(records, str(results_dir), expected_methods, test)
     html_path = out_dir / "leaderboard.html"
     atomic_write_text(html_path, report.html)
     for fig in report.figures:

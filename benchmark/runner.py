@@ -7,14 +7,12 @@ directory without ``record.json`` is an unfinished run. A finished run is reused
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import platform
 import random
 import resource
 import socket
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,17 +22,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark import __version__, interrupts
+from benchmark import __version__, interrupts, stats
 from benchmark import metrics as M
 from benchmark.cache import atomic_write_json, cached_array, pid_alive
 from benchmark.config import PRESETS, ConfigError, RunConfig, default_preset, parse_overrides, resolve
 from benchmark.data import Split
 from benchmark.encoders import Encoder, build_encoder
 from benchmark.protocols import EVAL_SPLITS, Context, Method, Task
+from benchmark.provenance import git_commit, run_code_hash
 from benchmark.registry import ENCODERS, METHODS, TASKS, load_plugins
 
 log = logging.getLogger("benchmark")
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2  # 2: replicate seeds, per-run patient-bootstrap intervals, groups counted in patients
 
 
 class RunError(RuntimeError):
@@ -45,32 +44,13 @@ class RunError(RuntimeError):
 # resolving
 
 
-@functools.cache
-def git_commit() -> str:
-    """The source checkout's commit ("" outside git), with "-dirty" when it has uncommitted changes.
-
-    Asked once per process: a long sweep records the commit of the code it loaded, not commits made meanwhile."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        if not sha:
-            return ""
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def code_version() -> str:
-    """What the run hash includes: the package version (bumped when results change)."""
-    return __version__
+def code_version(cfg: RunConfig) -> str:
+    """What the run hash includes besides the config: the package version and the hash of the source that decides
+    the run's numbers (benchmark.provenance: the runner, the method's and the task's modules, and their imports)."""
+    load_plugins()
+    method_module = METHODS.get(cfg.method).__module__
+    task_module = TASKS.get(cfg.task).__module__
+    return f"{__version__}+{run_code_hash(method_module, task_module)}"
 
 
 def resolve_device(requested: str) -> str:
@@ -118,7 +98,7 @@ def seed_everything(seed: int) -> None:
 
 
 def run_dir_for(cfg: RunConfig, results_dir: Path) -> Path:
-    return results_dir / "runs" / cfg.task / cfg.method / f"{cfg.name}-{cfg.digest(code_version())}"
+    return results_dir / "runs" / cfg.task / cfg.method / f"{cfg.name}-{cfg.digest(code_version(cfg))}"
 
 
 def load_record(run_dir: Path) -> dict | None:
@@ -167,7 +147,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, cfg: RunConfig):
     if len(np.unique(y)) < 2:
         raise RunError(f"the training split has a single class ({np.unique(y)}); the probe needs at least two")
     clf = LogisticRegression(
-        C=cfg.probe.C, class_weight="balanced", max_iter=cfg.probe.max_iter, random_state=cfg.seed
+        C=cfg.probe.C, class_weight="balanced", max_iter=cfg.probe.max_iter, random_state=cfg.seed_for("probe")
     )
     model = make_pipeline(StandardScaler(), clf) if cfg.probe.standardize else clf
     import warnings
@@ -288,7 +268,7 @@ def _run_locked(
         "seed": str(cfg.seed),
         "encoder": cfg.probe.encoder,
         "device": cfg.device,
-        "code_version": code_version(),
+        "code_version": code_version(cfg),
         "git_commit": commit,
         "run_hash": run_dir.name.rsplit("-", 1)[-1],
         "data_source": cfg.data.source,
@@ -314,10 +294,11 @@ def _run_locked(
         task=cfg.task,
         preset=cfg.preset,
         seed=cfg.seed,
+        replicate=cfg.replicate(),
         device=cfg.device,
         encoder=cfg.probe.encoder,
         config=cfg.to_dict(),
-        code_version=code_version(),
+        code_version=code_version(cfg),
         git_commit=commit,
         started=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         duration_s=round(time.time() - started, 2),
@@ -342,11 +323,11 @@ def _run_locked(
 
 
 def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: bool) -> dict:
-    # 1. seed everything
-    seed_everything(cfg.seed)
+    # 1. seed everything (global generators: the sampling seed; each source has its own seed, RunConfig.seed_for)
+    seed_everything(cfg.seed_for("sampling"))
     # 2. the task's splits
     task: Task = TASKS.get(cfg.task)(cfg.data, cfg.split, cache_dir, progress)
-    splits = task.splits(cfg.split.seed)
+    splits = task.splits(cfg.seed_for("split"))
     data_info = dict(splits["train"].info)
     log.info("splits: %s", {k: len(v) for k, v in splits.items()})
     # 3. the method learns from the training split
@@ -354,7 +335,8 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
     ctx = Context(
         device=cfg.device,
         preset=cfg.preset,
-        seed=cfg.seed,
+        seed=cfg.seed_for("sampling"),
+        model_seed=cfg.seed_for("model"),
         task=task,
         run_dir=run_dir,
         cache_dir=cache_dir,
@@ -386,8 +368,10 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         pred = prob.argmax(axis=1)
         sites = split.metadata["tissue_source_site"].to_numpy()
         alignment = M.site_alignment(real_train["tissue_source_site"], real_train["label"], sites, y)
+        patients = split.metadata["patient_id"].astype(str).to_numpy()
         values, table, cm = M.evaluate(
-            y, pred, split.metadata["group"], sites, len(task.classes), cfg.probe.min_group_size, alignment
+            y, pred, split.metadata["group"], sites, len(task.classes), cfg.probe.min_group_size, alignment,
+            patients, cfg.probe.min_group_patients,
         )
         metrics.update({f"{name}/{k}": v for k, v in values.items()})
         groups[name] = table.to_dict(orient="records")
@@ -403,6 +387,14 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         for i, c in enumerate(task.classes):
             frame[f"p_{c}"] = prob[:, i] if len(split) else []
         predictions.append(frame)
+        # 95% intervals of this run's metrics: a bootstrap over patients (benchmark.stats)
+        if cfg.probe.bootstrap and len(split):
+            intervals = stats.patient_intervals(
+                frame, stats.INTERVAL_METRICS, cfg.probe.min_group_size, cfg.probe.min_group_patients,
+                cfg.probe.bootstrap, seed=cfg.seed_for("probe"),
+            )
+            for metric, (low, high) in intervals.items():
+                metrics[f"{name}/{metric}/ci_low"], metrics[f"{name}/{metric}/ci_high"] = low, high
     pd.concat(predictions, ignore_index=True).to_csv(run_dir / "predictions.csv.gz", index=False)
     # 6b. FID of images synthesized for the held-out rows vs the real ones (per cancer type, named feature spaces)
     if method.generative:

@@ -99,7 +99,7 @@ def plan_jobs(
         for task in tasks:
             for method in methods:
                 cfg = build_config(method, task, preset, seed, device, overrides)
-                key = cfg.digest(code_version())
+                key = cfg.digest(code_version(cfg))
                 if key in seen:
                     continue
                 seen.add(key)

@@ -22,7 +22,7 @@ scale, but could only translate "towards the pool", not into one named site as t
   held-out patches the runner's FID compares with) is translated towards the pooled style and counted.
 
 Cost grows with the number of images, not with the number of site pairs, and the model is trained once per
-training split (cached by ``model_key``) and shared by every run seed, which only re-draws the sources.
+training split and model seed (cached by ``model_key``), shared by every run that asks for the same two.
 Defaults follow the reference implementation (ResNet generator, PatchGAN, LSGAN, lambda_cycle 10,
 lambda_identity 0.5, Adam lr 2e-4 with beta1 0.5, an image pool of 50, constant then linearly decaying learning
 rate), scaled to the preset's image size. As in the reference nothing ties the translation to the class: where a
@@ -85,7 +85,6 @@ class Params:
     pool_size: int = 50  # history of translated images shown to the discriminator (0: none)
     flip: bool = True  # random horizontal flips of training patches (reference: on)
     precision: str = "fp32"  # "fp32" or "bf16" autocast
-    train_seed: int = 0  # initial weights and batches; fixed so every run seed shares the model
     # what augment() synthesizes
     plan: str = "fill"  # generation plan (benchmark.generation): fill or balance
     ratio: float = tunable(1.0, low=0.25, high=2.0)  # synthetic patches per real training patch
@@ -150,7 +149,7 @@ def _torch():
     return torch
 
 
-def build_networks(params: Params, n_domains: int) -> tuple[Any, Any]:
+def build_networks(params: Params, n_domains: int, seed: int = 0) -> tuple[Any, Any]:
     """(generator, discriminator) for ``n_domains`` target sites, with the reference's N(0, 0.02) init."""
     import torch
     from torch import nn
@@ -246,7 +245,7 @@ def build_networks(params: Params, n_domains: int) -> tuple[Any, Any]:
                 nn.init.zeros_(m.bias)
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.train_seed)
+        torch.manual_seed(seed)  # the replicate's model seed (Context.model_seed)
         g, d = Generator(), Discriminator()
         g.apply(init)
         d.apply(init)
@@ -291,7 +290,8 @@ def l1_loss(a: Any, b: Any) -> Any:
 class Trainer:
     """One site-conditioned CycleGAN being trained: networks, optimizers, image pool and the step function."""
 
-    def __init__(self, params: Params, images: np.ndarray, domains: np.ndarray, n_domains: int, device: str):
+    def __init__(self, params: Params, images: np.ndarray, domains: np.ndarray, n_domains: int, device: str,
+                 seed: int = 0):
         torch = _torch()
         if len(images) != len(domains) or len(images) == 0:
             raise ValueError(f"need matching, non-empty images and domains, got {len(images)} and {len(domains)}")
@@ -306,7 +306,8 @@ class Trainer:
         self.start = torch.cat([torch.cumsum(counts, 0) - counts, torch.tensor([len(images)])])
         self.count = torch.cat([counts, torch.tensor([len(images)])])
         self.targets = torch.cat([torch.nonzero(counts).flatten(), torch.tensor([known])])  # domains with patches
-        self.G, self.D = build_networks(params, n_domains)
+        self.seed = seed
+        self.G, self.D = build_networks(params, n_domains, seed)
         self.G.to(device)
         self.D.to(device)
         betas = (params.beta1, params.beta2)
@@ -348,7 +349,7 @@ class Trainer:
         """One generator and one discriminator update; returns the losses (``loss`` = their sum) and ``images``."""
         torch = _torch()
         p, dev = self.p, self.device
-        g = step_generator(p.train_seed, step)
+        g = step_generator(self.seed, step)
         b = p.batch_size
         # 1. a batch of sources, a target site for each, and a real patch of that target site
         src_idx = torch.randint(0, len(self.images), (b,), generator=g)
@@ -472,7 +473,8 @@ class CycleGAN(Method):
 
     def model_dir(self, train: Split, ctx: Context) -> Path:
         """Where the model trained on ``train`` with these parameters lives (content-addressed)."""
-        key = model_key(self.name, self.params.model_fields(), train.fingerprint(), MODEL_VERSION)
+        key = model_key(self.name, self.params.model_fields(), train.fingerprint(), MODEL_VERSION,
+                        {"seed": ctx.model_seed})
         return Path(ctx.cache_dir) / "models" / self.name / key
 
     def fit(self, train: Split, ctx: Context) -> None:
@@ -490,7 +492,7 @@ class CycleGAN(Method):
 
     def _load_or_train(self, train: Split, ctx: Context, images: np.ndarray, domains: np.ndarray,
                        ckpts: Checkpoints, report: dict, stop_after: int | None) -> bool:
-        generator, _ = build_networks(self.params, len(self.vocabulary))
+        generator, _ = build_networks(self.params, len(self.vocabulary), ctx.model_seed)
         # 1. a finished model: load it
         if ckpts.is_done():
             import json
@@ -506,7 +508,7 @@ class CycleGAN(Method):
             return True
         # 2. train, resuming from the newest checkpoint if a previous run was interrupted
         p = self.params
-        trainer = Trainer(p, images, domains, len(self.vocabulary), ctx.device)
+        trainer = Trainer(p, images, domains, len(self.vocabulary), ctx.device, ctx.model_seed)
         started = time.time()
         reached = train_loop(
             checkpoints=ckpts,

@@ -15,7 +15,7 @@ sinusoidal encoding and a linear layer. ``cls`` is exactly this model with k = 0
 Training follows the authors' recipe (DDPM 1000 steps, linear betas, MSE; AdamW betas (0.95, 0.999), weight decay
 1e-6, cosine schedule with warm-up, gradient clipping 1.0, EMA, class-balanced sampling), runs through accelerate
 (device placement, mixed precision, ``accelerate launch`` for several GPUs), and is cached by a hash of the
-training parameters and the training data, so later seeds only sample.
+training parameters, the training data and the model seed, so runs that share all three only sample.
 
 Two departures for the small presets (the ``paper`` preset keeps the paper's epsilon objective on [-1, 1] pixels):
 the model predicts v (``prediction_type``) and sees each RGB channel standardized with the training set's mean and
@@ -93,7 +93,6 @@ class DiffusionParams:
     prediction_type: str = "v_prediction"
     checkpoint_every: int = 500
     preview_every: int = 500  # a small sample grid (MLflow artifact) every N training steps; 0 = none
-    train_seed: int = 0
     # sampling and the generation plan (not part of the trained model's cache key)
     # DPM-Solver++ 20 reached DDIM-50's FID on the cpu preset's model (and 10 steps already did) at 2.6x the speed
     # (python -m benchmark perf --preset cpu --stages sampling); the gpu and paper presets keep the paper's DDIM-50
@@ -297,7 +296,7 @@ def make_accelerator(precision: str, device: str):
 class DiffusionModel:
     """The trained pieces: UNet, condition encoder, vocabulary, noise schedule config; sampling lives here too."""
 
-    def __init__(self, params: DiffusionParams, classes: list[str], vocab: Vocabulary, image_size: int):
+    def __init__(self, params: DiffusionParams, classes: list[str], vocab: Vocabulary, image_size: int, seed: int = 0):
         import torch
 
         from benchmark._compat import ensure_torchvision
@@ -307,6 +306,7 @@ class DiffusionModel:
 
         _, ConditionEncoder = _torch_modules()
         self.params = params
+        self.seed = seed  # the replicate's model seed: initial weights, batches and noise of training
         self.classes = list(classes)
         self.vocab = vocab
         self.image_size = image_size
@@ -319,8 +319,8 @@ class DiffusionModel:
         if params.attention:
             down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
         vocabularies = {a: vocab.values[a] for a in params.attributes if a not in NUMERIC}
-        with torch.random.fork_rng(devices=[]):  # initial weights depend on train_seed only
-            torch.manual_seed(params.train_seed)
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on the model seed only
+            torch.manual_seed(seed)
             self.unet = UNet2DModel(
                 sample_size=image_size,
                 in_channels=3,
@@ -480,7 +480,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     precision = resolve_mixed_precision(p.mixed_precision, ctx.device)
     accelerator = make_accelerator(precision, ctx.device)
     device = accelerator.device
-    torch.manual_seed(p.train_seed)
+    torch.manual_seed(model.seed)
     params = [q for m in model.modules() for q in m.parameters()]
     optimizer = torch.optim.AdamW(
         params, lr=p.lr, betas=(p.adam_beta1, p.adam_beta2), weight_decay=p.weight_decay,
@@ -500,7 +500,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     drop_labels, drop_codes = model.dropped_codes(len(labels))
 
     def batch(step: int):
-        g = step_generator(p.train_seed, step)
+        g = step_generator(model.seed, step)
         idx = torch.multinomial(weights, p.batch_size, replacement=True, generator=g)
         x = model.to_model_space(images[idx].float().div_(127.5).sub_(1.0))
         if p.flips:
@@ -680,9 +680,10 @@ class DiffusionMethod(Method):
         vocab = Vocabulary.from_metadata(train.metadata, attrs)
         classes = list(ctx.task.classes)
         key = model_key(self.name, self.training_params(), train.fingerprint(), MODEL_VERSION,
-                        {"classes": classes, "device_kind": "gpu" if ctx.device == "cuda" else ctx.device})
+                        {"classes": classes, "device_kind": "gpu" if ctx.device == "cuda" else ctx.device,
+                         "seed": ctx.model_seed})
         folder = ctx.cache_dir / "models" / "diffusion" / key
-        self.model = DiffusionModel(self.params, classes, vocab, train.image_size)
+        self.model = DiffusionModel(self.params, classes, vocab, train.image_size, ctx.model_seed)
         ctx.report["model_dir"] = str(folder)
         ctx.report["model_parameters"] = sum(p.numel() for m in self.model.modules() for p in m.parameters())
         return Checkpoints(folder)

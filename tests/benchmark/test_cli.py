@@ -55,7 +55,7 @@ def test_none_run_end_to_end_then_reused(tmp_path):
     proc = run_cli("run", "--method", "none", "--task", "nsclc", "--preset", "smoke", "--out", str(out),
                    "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "test_unseen" in proc.stdout and "worst-grp" in proc.stdout
+    assert "test_unseen" in proc.stdout and "worst group" in proc.stdout and "shortcut gap" in proc.stdout
     assert "run directory:" in proc.stdout and "MLflow run id:" in proc.stdout
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 1

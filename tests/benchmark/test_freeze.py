@@ -26,6 +26,18 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
 
     swept = run_cli("sweep", *GRID, "--out", str(out), "--no-progress", cwd=tmp_path)
     assert swept.returncode == 0, swept.stderr
+    # records of mixed or uncommitted code are refused: published results name one clean commit
+    paths = sorted(out.glob("runs/*/*/*/record.json"))
+    for i, path in enumerate(paths):
+        rec = json.loads(path.read_text())
+        rec["git_commit"] = "0123456789-dirty" if i == 0 else "0123456789"
+        path.write_text(json.dumps(rec))
+    mixed = run_cli("freeze", *GRID, "--results", str(out), "--dest", str(dest), cwd=tmp_path)
+    assert mixed.returncode != 0 and "2 commit(s) (0123456789, 0123456789-dirty)" in mixed.stderr
+    assert "one clean commit" in mixed.stderr and not dest.exists()
+    rec = json.loads(paths[0].read_text())
+    rec["git_commit"] = "0123456789"
+    paths[0].write_text(json.dumps(rec))
     frozen = run_cli("freeze", *GRID, "--results", str(out), "--dest", str(dest), cwd=tmp_path)
     assert frozen.returncode == 0, frozen.stderr
     assert "froze 4 runs" in frozen.stdout
@@ -33,6 +45,7 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
     manifest = json.loads((dest / "MANIFEST.json").read_text())
     assert manifest["runs"] == 4 and manifest["grid"]["seeds"] == [0, 1]
     assert manifest["command"].startswith("python -m benchmark sweep --methods none,stain_norm")
+    assert manifest["record_commits"] == ["0123456789"] and manifest["one_clean_commit"]
     # every copied file is listed with its hash, and nothing big came along
     for rel, digest in manifest["sha256"].items():
         assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == digest
@@ -54,14 +67,14 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
     # the live results can go: the report renders from the frozen folder alone, paired tests included
     shutil.rmtree(out)
     report = run_cli("report", "--results", str(dest), "--out", str(tmp_path / "reports"), "--no-pdf",
-                     "--bootstrap", "200", cwd=tmp_path)
+                     cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "4 run records" in report.stdout
     html = (tmp_path / "reports" / "leaderboard.html").read_text()
     mean = np.mean([r["metrics"]["test_unseen/balanced_accuracy"] for r in lines if r["method"] == "stain_norm"])
     assert f"{mean:.3f}" in html
-    # paired tests resample test patches (the frozen predictions), not only seeds; the sample grid is drawn
-    assert "resampling patches" in html and "resampling seeds" not in html
+    # the verdict pairs the two replicates, each with its own split; the sample grid is drawn
+    assert "2 paired replicate(s) varying split, model, sampling, probe" in html
     assert "Up to four training images per class and site" in html
 
     # frozen results are never overwritten
@@ -75,16 +88,16 @@ def test_a_process_records_the_commit_of_the_code_it_loaded(monkeypatch):
     """A sweep runs for hours; commits made meanwhile must not be attributed to runs of the code already loaded."""
     import subprocess
 
-    from benchmark import runner
+    from benchmark import provenance
 
-    runner.git_commit.cache_clear()
-    first = runner.git_commit()  # the checkout's commit, or "" outside git
+    provenance.git_commit.cache_clear()
+    first = provenance.git_commit()  # the checkout's commit, or "" outside git
 
     def moved_on(*args, **kwargs):
         return subprocess.CompletedProcess(args, 0, stdout="0123456789\n", stderr="")
 
-    monkeypatch.setattr(runner.subprocess, "run", moved_on)  # what git would answer after a new commit
-    assert runner.git_commit() == first != "0123456789"
-    runner.git_commit.cache_clear()
-    assert runner.git_commit().startswith("0123456789")  # a new process would see the new commit
-    runner.git_commit.cache_clear()
+    monkeypatch.setattr(provenance.subprocess, "run", moved_on)  # what git would answer after a new commit
+    assert provenance.git_commit() == first != "0123456789"
+    provenance.git_commit.cache_clear()
+    assert provenance.git_commit().startswith("0123456789")  # a new process would see the new commit
+    provenance.git_commit.cache_clear()

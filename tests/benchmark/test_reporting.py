@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import metrics as M
 from benchmark import reporting as R
 from benchmark.data import METADATA_COLUMNS, Split
 from tests.conftest import ROOT, free_port, run_cli
@@ -172,51 +171,87 @@ class Cells(HTMLParser):
 def fixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     records = fixed_records(root)
-    report = R.render(records, str(root), n_boot=500)
+    report = R.render(records, str(root))
     parser = Cells()
     parser.feed(report.html)
     return root, records, report, parser.cells
 
 
-def test_mean_and_sem_by_hand():
-    mean, sem, n = R.mean_sem([0.70, 0.74, 0.72])
-    assert (round(mean, 12), round(sem, 6), n) == (0.72, 0.011547, 3)  # std 0.02 / sqrt(3)
-    assert R.mean_sem([0.5, None, float("nan")])[1:] == (pytest.approx(float("nan"), nan_ok=True), 1)
-    assert R.mean_sem([])[2] == 0
+def _t_interval(values):
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    return stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def test_table_numbers_best_marks_and_paired_tests(fixed):
+def test_table_numbers_intervals_and_best_marks(fixed):
     _, _, _, cells = fixed
     bal = "test_unseen/balanced_accuracy"
     text, cls = cells[("nsclc", "test_unseen", "none", bal)]
-    assert text.startswith("0.720 ± 0.012") and "best" not in cls and "Δ" not in text
+    low, high = _t_interval(VALUES["none"]["bal"])
+    assert text == f"0.720[{low:.3f}, {high:.3f}]" == "0.720[0.670, 0.770]" and "best" not in cls
     text, cls = cells[("nsclc", "test_unseen", "medi", bal)]
-    assert text.startswith("0.820 ± 0.012★") and "best" in cls
-    assert "Δ +0.100 · p < 0.001" in text  # medi is right on 10% more of the same patches
+    assert text.startswith("0.820★[0.770, 0.870]") and "best" in cls
     text, cls = cells[("nsclc", "test_unseen", "cls", bal)]
-    assert text.startswith("0.760 ± 0.015") and "best" not in cls  # std(0.75, 0.79, 0.74) = 0.02646
-    assert "Δ +0.040 · p = 1.000" in text  # same predictions as none on every patch: no evidence
+    low, high = _t_interval(VALUES["cls"]["bal"])
+    assert text == f"0.760[{low:.3f}, {high:.3f}]" and "best" not in cls
     wg = "test_unseen/worst_group_accuracy"
-    assert cells[("nsclc", "test_unseen", "none", wg)][0].startswith("0.550 ± 0.029")
-    assert cells[("nsclc", "test_unseen", "medi", wg)][0].startswith("0.700 ± 0.000★")
-    assert cells[("nsclc", "test_unseen", "cls", wg)][0].startswith("0.610 ± 0.010")  # two seeds have a value
-    site = "test_unseen/site_balanced_accuracy"
-    assert cells[("nsclc", "test_unseen", "medi", site)][0].startswith("0.700 ± 0.023★")
+    assert cells[("nsclc", "test_unseen", "medi", wg)][0].startswith("0.700★[0.700, 0.700]")
+    assert cells[("nsclc", "test_unseen", "cls", wg)][0].startswith("0.610[")  # two seeds have a value
     seen = "test_seen/balanced_accuracy"
-    assert cells[("nsclc", "test_seen", "none", seen)][0].startswith("0.960 ± 0.006★")
-    assert cells[("nsclc", "test_seen", "cls", seen)][0].startswith("0.950 ± 0.012")
+    assert cells[("nsclc", "test_seen", "none", seen)][0].startswith("0.960★")
     assert cells[("nsclc", "test_seen", "none", "test_seen/worst_group_accuracy")][0] == "n/a"
     # FID: lower is better, only on test_unseen, with the sample counts
     fid = "fid/fbank/mean"
     text, cls = cells[("nsclc", "test_unseen", "medi", fid)]
-    assert text.startswith("32.00 ± 1.15★") and "best" in cls and "n = 200 real" not in text
+    low, high = _t_interval(FID["medi"])
+    assert text.startswith(f"32.00★[{low:.2f}, {high:.2f}]") and "best" in cls and "n = 200 real" not in text
     assert "n = 400 real / 400 synth.unstable: few images" in text  # two lines
-    assert cells[("nsclc", "test_unseen", "cls", fid)][0].startswith("50.00 ± 1.15")
     assert cells[("nsclc", "test_unseen", "none", fid)][0] == "n/a"
     assert not any(k[1] == "test_seen" and k[3].startswith("fid/") for k in cells)
     # uterine: one method, two seeds, nothing to mark as best
     text, cls = cells[("uterine", "test_unseen", "none", bal)]
-    assert text == "0.630 ± 0.020" and "best" not in cls
+    assert text.startswith("0.630[") and "best" not in cls
+
+
+def test_the_verdict_pairs_replicates_and_corrects_for_the_comparisons_shown(fixed):
+    """The verdict's numbers against scipy's paired t-test and Holm's procedure written out by hand."""
+    from scipy import stats
+
+    _, _, report, _ = fixed
+    nsclc = report.sections[0]
+    comps = {(c.a, c.b, c.metric): c for c in R.section_comparisons(nsclc)}
+    assert {(a, b) for a, b, _ in comps} == {("cls", "none"), ("medi", "none"), ("medi", "cls")}
+    bal = {k: VALUES[k]["bal"] for k in VALUES}
+    raw = {
+        ("cls", "none"): stats.ttest_rel(bal["cls"], bal["none"]).pvalue,
+        ("medi", "cls"): stats.ttest_rel(bal["medi"], bal["cls"]).pvalue,
+        ("medi", "none"): 0.0,  # identical differences (+0.10 every replicate): t is infinite
+    }
+    order = sorted(raw, key=raw.get)
+    holm, running = {}, 0.0
+    for i, key in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * raw[key]))
+        holm[key] = running
+    for (a, b), p in raw.items():
+        c = comps[(a, b, "balanced_accuracy")]
+        assert c.n == 3 and c.p_t == pytest.approx(p) and c.p_holm == pytest.approx(holm[(a, b)])
+    assert comps[("medi", "none", "balanced_accuracy")].significant
+    medi_cls = comps[("medi", "cls", "balanced_accuracy")]
+    assert medi_cls.p_t < 0.05 < medi_cls.p_holm and not medi_cls.significant  # Holm takes it back
+    assert comps[("medi", "cls", "balanced_accuracy")].delta == pytest.approx(0.06)
+    # the exact sign-flip test cannot go below 2 / 2**3 with three replicates: it says so instead of a p-value
+    flip = {(c.a, c.b): c for c in R.section_comparisons(nsclc, test="signflip") if c.metric == "balanced_accuracy"}
+    assert flip[("medi", "none")].p_signflip == pytest.approx(0.25) and not flip[("medi", "none")].reachable
+    html = R.render(fixed[1], "r", test="signflip").html
+    assert "n/a: needs &gt;= 7 replicates" in html and "No difference can be tested with 3 replicate(s)" in html
+    # the page leads with the verdict: the sentence, the forest plot and the table come before the tables
+    page = report.html
+    first = page.index('id="' + nsclc.anchor + '"')
+    assert first < page.index("medi vs none: balanced accuracy +0.100 [+0.100, +0.100] (higher") \
+        < page.index(f'id="{nsclc.anchor}-verdict"') < page.index('class="comparisons"') \
+        < page.index('class="leaderboard"')
+    assert "3 paired replicate(s) varying sampling, probe" in page  # schema-1 records: split and model fixed
 
 
 def test_sections_figures_and_notices(fixed):
@@ -225,7 +260,8 @@ def test_sections_figures_and_notices(fixed):
     assert [r.label for r in nsclc.rows] == ["none", "cls", "medi"]
     assert nsclc.missing == ["stain_norm", "cyclegan"] and uterine.missing == ["stain_norm", "cyclegan", "cls", "medi"]
     names = [f.name for f in report.figures]
-    assert names == [f"{nsclc.anchor}-groups-site", f"{nsclc.anchor}-groups-race", f"{nsclc.anchor}-fid",
+    assert names == [f"{nsclc.anchor}-verdict", f"{nsclc.anchor}-groups-site", f"{nsclc.anchor}-groups-race",
+                     f"{nsclc.anchor}-fid",
                      f"{nsclc.anchor}-samples", f"{uterine.anchor}-groups-site", f"{uterine.anchor}-groups-race"]
     for fig in report.figures:
         assert fig.png.startswith(b"\x89PNG") and len(fig.png) > 5000
@@ -234,7 +270,7 @@ def test_sections_figures_and_notices(fixed):
     assert "No records for stain_norm, cyclegan, cls, medi on this task" in html
     assert "sample grid not drawn: no samples.npz" in html  # uterine's run directories are gone
     assert html.count('class="leaderboard"') == 4 and html.count('<table class="fid"') == 1
-    assert html.count("<img ") == 6
+    assert html.count("<img ") == 7
 
 
 def test_every_string_from_the_data_is_escaped(fixed):
@@ -247,38 +283,6 @@ def test_every_string_from_the_data_is_escaped(fixed):
     assert 'font-family: "DejaVu Sans"' in html and "&#34;" not in html.split("</style>")[0]  # CSS is not data
 
 
-def test_patch_level_metrics_match_the_runner_at_unit_weights():
-    frame = _predictions("none", 0)
-    frame = frame[frame["split"] == "test_unseen"].reset_index(drop=True)
-    frame.loc[::7, "group"] = "LUSC|S9|tiny"  # a group below min_group_size
-    y, p = frame["label"].to_numpy(), frame["pred"].to_numpy()
-    ones = np.ones((1, len(frame)))
-    table = M.group_table(y, p, frame["group"], 10)
-    expected = {
-        "accuracy": M.accuracy(y, p),
-        "balanced_accuracy": M.balanced_accuracy(y, p),
-        "worst_group_accuracy": M.worst_group_accuracy(table),
-        "site_balanced_accuracy": M.site_averaged_balanced_accuracy(y, p, frame["tissue_source_site"].to_numpy()),
-    }
-    for metric, value in expected.items():
-        assert R.weighted_metric(ones, frame, metric, 10)[0] == pytest.approx(value), metric
-    with pytest.raises(ValueError, match="'mcc'"):
-        R.weighted_metric(ones, frame, "mcc", 10)
-
-
-def test_paired_bootstrap_falls_back_to_seeds_without_predictions():
-    def run(seed, value):
-        return {"seed": seed, "metrics": {"test_unseen/balanced_accuracy": value}, "_run_dir": None}
-
-    method = [run(0, 0.8), run(1, 0.82), run(2, 0.81)]
-    base = [run(0, 0.7), run(1, 0.71), run(2, 0.69), run(5, 0.1)]
-    test = R.paired_bootstrap(method, base, "test_unseen", "balanced_accuracy", n_boot=400)
-    assert test.level == "seed" and test.n_pairs == 3 and test.delta == pytest.approx(0.11) and test.p < 0.01
-    assert R.paired_bootstrap(method, [run(9, 0.5)], "test_unseen", "balanced_accuracy") is None
-    single = R.paired_bootstrap(method[:1], base, "test_unseen", "balanced_accuracy")
-    assert single.n_pairs == 1 and np.isnan(single.p)
-
-
 def test_runs_that_vary_the_synthetic_ratio_get_their_own_rows_and_a_figure(tmp_path):
     records = []
     for ratio, acc in ((0.5, [0.74, 0.76]), (1.0, [0.80, 0.82]), (2.0, [0.81, 0.85])):
@@ -289,7 +293,7 @@ def test_runs_that_vary_the_synthetic_ratio_get_their_own_rows_and_a_figure(tmp_
                                    params={"synthetic_ratio": ratio}))
     records += [_record("nsclc", "none", s, {"test_unseen/balanced_accuracy": 0.7}, tmp_path / "n") for s in (0, 1)]
     records.append({"schema": 99, "name": "future-run", "task": "nsclc"})
-    report = R.render(records, "r", n_boot=100)
+    report = R.render(records, "r")
     (section,) = report.sections
     assert [r.label for r in section.rows] == ["none", "medi (synthetic_ratio=0.5)", "medi (synthetic_ratio=1.0)",
                                                "medi (synthetic_ratio=2.0)"]
@@ -299,13 +303,23 @@ def test_runs_that_vary_the_synthetic_ratio_get_their_own_rows_and_a_figure(tmp_
     assert "1 record(s) left out" in report.html and "future-run" in report.html
 
 
-def test_empty_results_give_a_clear_page_and_pdf(tmp_path):
+def test_a_missing_or_empty_results_folder_is_an_error_naming_it(tmp_path):
+    with pytest.raises(R.ReportError, match="nothing-here: no such folder"):
+        R.write_report(tmp_path / "nothing-here", tmp_path / "reports")
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("report", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "reports"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'empty'}: no run records there" in proc.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_page_without_valid_records_says_how_to_make_some(tmp_path):
     from pypdf import PdfReader
 
-    out = R.write_report(tmp_path / "nothing-here", tmp_path / "reports")
-    html = out["html"].read_text()
-    assert "No run records" in html and "python -m benchmark run --method none" in html
-    pdf = PdfReader(str(out["pdf"]))
+    report = R.render([{"schema": 99, "name": "future-run", "task": "nsclc"}], "r")
+    assert "No run records" in report.html and "python -m benchmark run --method none" in report.html
+    R.write_pdf(report.html, tmp_path / "x.pdf")
+    pdf = PdfReader(str(tmp_path / "x.pdf"))
     assert len(pdf.pages) == 1 and "No run records" in pdf.pages[0].extract_text()
 
 
@@ -350,11 +364,11 @@ def test_report_command_writes_html_and_a_pdf_with_the_expected_pages(fixed, tmp
         for rec in records:
             fh.write(json.dumps(rec) + "\n")
     out = tmp_path / "reports"
-    proc = run_cli("report", "--results", str(root), "--out", str(out), "--bootstrap", "200")
+    proc = run_cli("report", "--results", str(root), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "nsclc (smoke): none, cls, medi; no records for stain_norm, cyclegan" in proc.stdout
-    assert f"wrote {out / 'leaderboard.html'} (11 run records, 6 figures)" in proc.stdout
-    assert (out / "figures").is_dir() and len(list((out / "figures").glob("*.png"))) == 6
+    assert f"wrote {out / 'leaderboard.html'} (11 run records, 7 figures)" in proc.stdout
+    assert (out / "figures").is_dir() and len(list((out / "figures").glob("*.png"))) == 7
     pdf = PdfReader(str(out / "leaderboard.pdf"))
     pages = [p.extract_text() for p in pdf.pages]
     assert "MeDiBench leaderboard" in pages[0] and "Contents" in pages[0]
@@ -364,7 +378,8 @@ def test_report_command_writes_html_and_a_pdf_with_the_expected_pages(fixed, tmp
     assert "Task nsclc · preset smoke" in pages[nsclc] and "Task uterine · preset smoke" in pages[uterine]
     assert 0 < nsclc < uterine  # every task starts on its own page
     text = "\n".join(pages)
-    for needle in ("0.720 ± 0.012", "0.820 ± 0.012", "32.00 ± 1.15", "FID (fbank)", "test_unseen", "test_seen",
+    for needle in ("0.720", "[0.670, 0.770]", "0.820", "Verdict", "Paired differences on test_unseen.",
+                   "medi vs none: balanced accuracy +0.100", "FID (fbank)", "test_unseen", "test_seen",
                    "No records for stain_norm, cyclegan, cls, medi"):
         assert needle in text, needle
     assert len(pdf.pages) >= 4 and f"page 2 of {len(pdf.pages)}" in pages[1]
@@ -373,7 +388,7 @@ def test_report_command_writes_html_and_a_pdf_with_the_expected_pages(fixed, tmp
         assert caption in text, caption
     listing = subprocess.run([_poppler("pdfimages"), "-list", str(out / "leaderboard.pdf")], capture_output=True,
                              text=True, check=True).stdout
-    assert sum(1 for line in listing.splitlines()[2:] if line.split()[2] == "image") == 6  # every figure drawn once
+    assert sum(1 for line in listing.splitlines()[2:] if line.split()[2] == "image") == 7  # every figure drawn once
     # the first page rendered: not blank
     subprocess.run([_poppler("pdftoppm"), "-png", "-r", "40", "-f", "1", "-l", "1", str(out / "leaderboard.pdf"),
                     str(tmp_path / "page")], check=True, timeout=60)
@@ -454,7 +469,7 @@ def test_sections_are_labelled_by_what_differs_and_ties_are_not_marked(tmp_path)
 
     records = [rec(m, s, "smoke", k, 0.7) for m in ("none", "medi") for s in (0, 1) for k in (0.9, 0.5)]
     records += [rec("none", 0, "cpu", 0.9, 0.8)]
-    report = R.render(records, "r", n_boot=50)
+    report = R.render(records, "r")
     labels = [(s.preset, s.setting) for s in report.sections]
     assert labels == [("cpu", {}), ("smoke", {"data.shortcut_strength": 0.5}),
                       ("smoke", {"data.shortcut_strength": 0.9})]
@@ -471,5 +486,5 @@ def test_rows_name_parameters_that_differ_from_the_method_defaults(tmp_path):
     records = [_record("nsclc", "medi", s, {"test_unseen/balanced_accuracy": 0.7}, tmp_path / "x",
                        params={"steps": default_steps + 1}) for s in (0, 1)]
     records += [_record("nsclc", "none", 0, {"test_unseen/balanced_accuracy": 0.6}, tmp_path / "y")]
-    (section,) = R.render(records, "r", n_boot=50).sections
+    (section,) = R.render(records, "r").sections
     assert [r.label for r in section.rows] == ["none", f"medi (steps={default_steps + 1})"]

@@ -29,7 +29,7 @@ def crossed_gap(strength: float, generator_seed: int) -> tuple[float, float]:
          "data.mixed_site_fraction=0", "data.ambiguous_fraction=0.4"],
     )
     task = TASKS.get("nsclc")(cfg.data, cfg.split)
-    splits = task.splits(cfg.split.seed)
+    splits = task.splits(cfg.seed_for("split"))
     method = METHODS.get("none")()
     train = method.augment(splits["train"], None)
     probe = Probe(cfg, None).fit(train)
