@@ -3,8 +3,9 @@
 A trained model lives in ``<cache>/models/<method>/<key>/`` where the key hashes the method's parameters, the
 training split's content and the method's model version; a later run (another seed, a probe change, a report)
 finds ``final.safetensors`` there and skips training. While training, ``ckpt-<step>.pt`` files are written
-atomically every N steps; a killed run resumes from the newest one. Randomness is drawn per step from
-``step_generator(seed, step)``, so a resumed run continues exactly as an uninterrupted one would.
+atomically every N steps and when Ctrl-C or SIGTERM interrupts training (after the current step finishes); a killed
+run (SIGKILL, a crash) resumes from the newest one. Randomness is drawn per step from ``step_generator(seed, step)``,
+so a resumed run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -149,10 +150,14 @@ def train_loop(
     """Run ``step_fn(step)`` for steps [resume point, total_steps): resume, checkpoints, NaN guard, progress bar.
 
     ``step_fn`` returns at least ``loss`` and ``images`` (batch size). A non-finite loss raises TrainingError and
-    keeps the last good checkpoint. ``stop_after`` ends the loop early after that many steps (used by tests to
+    keeps the last good checkpoint. A KeyboardInterrupt (Ctrl-C, or SIGTERM through :mod:`benchmark.interrupts`,
+    which lets the current step finish) first saves a checkpoint of the steps completed, logs it and notes it for
+    the CLI's message, then propagates. ``stop_after`` ends the loop early after that many steps (used by tests to
     simulate an interruption). Returns the step reached.
     """
     from tqdm.auto import tqdm
+
+    from benchmark import interrupts
 
     # 1. resume
     start = 0
@@ -165,10 +170,12 @@ def train_loop(
     # 2. the loop
     bar = tqdm(total=total_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     t_last, images_since, loss_sum, n_loss = time.time(), 0, 0.0, 0
-    step = start
+    completed = start  # steps whose update is in the model: what a checkpoint written now holds
     try:
         for step in range(start, total_steps):
-            out = step_fn(step)
+            with interrupts.deferred():  # Ctrl-C / SIGTERM: the step finishes, then the checkpoint below is exact
+                out = step_fn(step)
+                completed = step + 1
             loss = float(out["loss"])
             if not math.isfinite(loss):
                 last = checkpoints.latest()
@@ -196,5 +203,27 @@ def train_loop(
             if stop_after is not None and done - start >= stop_after:
                 return done
         return total_steps
+    except KeyboardInterrupt:
+        bar.close()
+        _keep_interrupted(checkpoints, completed, total_steps, get_state, desc)
+        raise
     finally:
         bar.close()
+
+
+def _keep_interrupted(checkpoints: Checkpoints, step: int, total_steps: int, get_state: Callable[[], dict],
+                      desc: str) -> None:
+    """Checkpoint an interrupted training at ``step`` (unless one of that step exists), log and note it."""
+    from benchmark import interrupts
+
+    latest = checkpoints.latest()
+    if latest is not None and latest[0] == step:
+        path = latest[1]
+    elif step > 0:
+        path = checkpoints.save(step, get_state())
+    else:
+        log.warning("%s: interrupted before the first step finished; nothing to keep", desc)
+        return
+    log.warning("%s: interrupted; kept step %d of %d in %s (the same command resumes from there)", desc, step,
+                total_steps, path)
+    interrupts.note_kept(desc, step, total_steps, str(path))
