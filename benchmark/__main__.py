@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 EXIT_USAGE = 2  # a bad name, preset, device or --set key
@@ -105,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="size of everything: smoke (seconds), cpu (default without a GPU), gpu (default with one), paper",
     )
-    run.add_argument("--seed", type=int, default=0, help="run seed: sampling and probe (default 0); "
-                     "the data split has its own, split.seed")
+    run.add_argument("--seed", type=int, default=0, help="replicate seed (default 0): the data split, the generative "
+                     "model's training, sampling and the probe; pin one source with --set seeds.split=N (also "
+                     "seeds.model, seeds.sampling, seeds.probe)")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     add_overrides(run, "override config fields, e.g. data.image_size=64 probe.C=0.1 method.lr=1e-4 "
                   "(keys: `list --keys`)")
@@ -119,20 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="list methods, tasks, encoders and presets",
         description="List every registered method, task, encoder and preset with a one-line description.",
     )
-    lst.add_argument("--keys", action="store_true", help="also list every --set key with its type and default")
+    lst.add_argument("--keys", action="store_true",
+                     help="also list every --set key with its type, its value in --preset and what it means")
+    lst.add_argument("--preset", default="cpu", help="the preset whose values --keys shows (default cpu)")
 
     rep = sub.add_parser(
         "report",
         help="write the leaderboards (HTML and PDF) from the run records",
         description="Build <out>/leaderboard.html (self-contained, figures embedded) and <out>/leaderboard.pdf from "
-        "the run records under --results (results.jsonl and runs/*/*/*/record.json; MLflow is not needed): per task, "
-        "methods x metrics on test_unseen and test_seen (mean +- SEM over seeds, best marked, paired bootstrap test "
-        "against none), FID per cancer type, per-group heatmaps, sample grids and accuracy against the synthetic "
-        "ratio.",
+        "the run records under --results (results.jsonl and runs/*/*/*/record.json; MLflow is not needed). Per task, "
+        "first the verdict: each method's paired difference to none (and medi - cls) over replicates, with 95% "
+        "intervals and a test Holm-corrected within each metric, as a forest plot, a table and quotable sentences; "
+        "then methods x metrics on test_unseen and test_seen (mean [95% t interval] over replicates), FID per cancer "
+        "type, per-group heatmaps, sample grids and accuracy against the synthetic ratio.",
     )
     rep.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
     rep.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
-    rep.add_argument("--bootstrap", type=int, default=2000, help="resamples of the paired tests (default 2000)")
+    rep.add_argument("--test", choices=("t", "signflip"), default="t",
+                     help="the paired test over replicates the verdict uses: t (paired t-test, default; assumes "
+                     "roughly normal differences) or signflip (exact sign-flip permutation test; assumption-free, "
+                     "needs >= 6 replicates to reach 0.05)")
     rep.add_argument("--no-pdf", action="store_true", help="write only the HTML page")
 
     sw = sub.add_parser(
@@ -228,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
     fz.add_argument("--dest", type=Path, default=None,
                     help="new folder (default <results>/<UTC date>_<commit>)")
+    fz.add_argument("--allow-dirty", action="store_true",
+                    help="freeze records of uncommitted or mixed code too (marked in the manifest); by default "
+                    "frozen results must come from one clean commit")
 
     pf = sub.add_parser(
         "perf",
@@ -262,10 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from benchmark.config import PRESETS, DataConfig, ProbeConfig, SplitConfig, describe_fields
-    from benchmark.registry import ENCODERS, METHODS, TASKS, load_plugins
+    from benchmark.config import PRESETS, ConfigError
+    from benchmark.registry import ENCODERS, METHODS, TASKS, did_you_mean, load_plugins
 
     load_plugins()
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}{did_you_mean(args.preset, PRESETS)}; choose from: "
+                          f"{', '.join(PRESETS)}")
     for title, reg in (("methods", METHODS), ("tasks", TASKS), ("encoders", ENCODERS)):
         print(f"{title}:")
         for name in reg.names():
@@ -274,18 +288,69 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, preset in PRESETS.items():
         print(f"  {name:<12} {preset.description}")
     if args.keys:
-        print("--set keys (type, default):")
-        print(f"  {'seed':<34} int     0")
-        for cls, prefix in ((DataConfig, "data"), (SplitConfig, "split"), (ProbeConfig, "probe")):
-            for key, tname, default in describe_fields(cls, prefix):
-                print(f"  {key:<34} {tname:<7} {default!r}")
-        for name in METHODS.names():
-            params = METHODS.get(name).default_params("cpu")
-            if params is None:
-                continue
-            for key, tname, default in describe_fields(type(params), "method"):
-                print(f"  {key:<34} {tname:<7} {default!r}   ({name}, cpu preset)")
+        print()
+        print("\n".join(key_lines(args.preset)))
     return 0
+
+
+def key_lines(preset_name: str) -> list[str]:
+    """Every ``--set`` key with its type, its value in preset ``preset_name`` and its description, by section; the
+    method keys once per parameter class, with each method's value where the methods sharing the class differ."""
+    from benchmark.config import FOLLOW, PRESETS, SeedConfig, describe_fields
+    from benchmark.registry import METHODS
+
+    preset = PRESETS[preset_name]
+    # 1. the sections: (title, field docs, {key: [(method, value)]} for the method sections)
+    sections: list[tuple[str, list, dict]] = [
+        (f"{prefix}: {_first_sentence(type(obj).__doc__)}{note}", describe_fields(obj, prefix), {})
+        for prefix, obj, note in (("data", preset.data, ""), ("split", preset.split, ""), ("probe", preset.probe, ""),
+                                  ("seeds", SeedConfig(), f" ({FOLLOW}: follow the replicate seed)"))
+    ]
+    by_class: dict[type, list] = {}
+    no_params = []
+    for name in METHODS.names():
+        params = METHODS.get(name).default_params(preset_name)
+        if params is None:
+            no_params.append(name)
+        else:
+            by_class.setdefault(type(params), []).append((name, params))
+    for cls, members in by_class.items():
+        per_method: dict[str, list] = {}
+        for name, params in members:
+            for doc in describe_fields(params, "method"):
+                per_method.setdefault(doc.key, []).append((name, doc.value))
+        names = ", ".join(name for name, _ in members)
+        sections.append((f"method ({names}): {_first_sentence(cls.__doc__)}", describe_fields(members[0][1], "method"),
+                         per_method))
+    # 2. one line per key
+    width = max(len(d.key) for _, docs, _ in sections for d in docs)
+    others = "|".join(p for p in PRESETS if p != preset_name)
+    lines = [f"--set keys: type, value in preset {preset_name} (`list --keys --preset {others}` for another), "
+             "description",
+             f"  {'seed':<{width}}  {'int':<16} {'0':<14} the replicate seed (`run --seed`): the seeds.* that are "
+             f"{FOLLOW} follow it"]
+    for title, docs, per_method in sections:
+        lines.append(title)
+        heading = ""
+        for doc in docs:
+            if doc.heading and doc.heading != heading:
+                lines.append(f"  # {doc.heading}")
+                heading = doc.heading
+            method_values = per_method.get(doc.key, [])
+            if len({repr(v) for _, v in method_values}) > 1:
+                value = "; ".join(f"{m}: {v!r}" for m, v in method_values)
+            else:
+                value = repr(doc.value)
+            text = doc.help + (f" [tune: {doc.search}]" if doc.search else "")
+            lines.append(f"  {doc.key:<{width}}  {doc.type:<16} {value:<14} {text}".rstrip())
+    if no_params:
+        lines.append(f"method ({', '.join(no_params)}): no parameters")
+    return lines
+
+
+def _first_sentence(doc: str | None) -> str:
+    text = " ".join((doc or "").replace("``", "").split())
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 def _fmt(value: float | None) -> str:
@@ -295,24 +360,31 @@ def _fmt(value: float | None) -> str:
 
 
 def results_table(record: dict) -> str:
-    """The short table a run prints at the end."""
+    """The short table a run prints at the end: each metric with its 95% interval from a bootstrap over patients."""
     m = record["metrics"]
     cols = [
-        ("n", "n"),
-        ("balanced_accuracy", "bal.acc"),
-        ("worst_group_accuracy", "worst-grp"),
-        ("site_balanced_accuracy", "site-bal.acc"),
-        ("mcc", "MCC"),
+        ("balanced_accuracy", "balanced acc."),
+        ("worst_group_accuracy", "worst group"),
+        ("worst20_group_accuracy", "worst 20% groups"),
+        ("shortcut_gap", "shortcut gap"),
     ]
-    lines = [f"{'split':<12}" + "".join(f"{label:>13}" for _, label in cols)]
+
+    def cell(split: str, key: str) -> str:
+        value, low, high = (m.get(f"{split}/{key}{s}") for s in ("", "/ci_low", "/ci_high"))
+        if value is None:
+            return "n/a"
+        return _fmt(value) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None else "")
+
+    width = 22
+    lines = [f"{'split':<12}{'n':>6}" + "".join(f"{label:>{width}}" for _, label in cols)]
     for split in ("val", "test_seen", "test_unseen"):
-        cells = []
-        for key, _ in cols:
-            v = m.get(f"{split}/{key}")
-            cells.append(f"{int(v):>13d}" if key == "n" and v is not None else f"{_fmt(v):>13}")
+        n = m.get(f"{split}/n")
+        cells = "".join(f"{cell(split, key):>{width}}" for key, _ in cols)
         flagged = m.get(f"{split}/n_groups_flagged") or 0
-        note = f"  ({int(flagged)} small group(s) flagged)" if flagged else ""
-        lines.append(f"{split:<12}" + "".join(cells) + note)
+        note = f"  ({int(flagged)} small group(s) left out)" if flagged else ""
+        lines.append(f"{split:<12}{int(n or 0):>6}" + cells + note)
+    lines.append("[95% interval over test patients]; shortcut gap: balanced accuracy on patches whose class their site "
+                 "mostly sent minus on the others (0 = no shortcut)")
     return "\n".join(lines)
 
 
@@ -333,17 +405,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmark.config import ConfigError
     from benchmark.registry import METHODS, load_plugins
     from benchmark.reporting import CANONICAL_METHODS, write_report
 
-    if args.bootstrap < 1:
-        raise ConfigError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     load_plugins()
     expected = sorted(set(CANONICAL_METHODS) | set(METHODS.names()))
-    out = write_report(args.results, args.out, expected, n_boot=args.bootstrap, pdf=not args.no_pdf)
-    if not out["sections"]:
-        print(f"no run records in {args.results}: wrote a page that says so")
+    out = write_report(args.results, args.out, expected, test=args.test, pdf=not args.no_pdf)
     for task, preset, rows, missing in out["sections"]:
         note = f"; no records for {', '.join(missing)}" if missing else ""
         print(f"{task} ({preset}): {', '.join(rows)}{note}")
@@ -453,7 +520,7 @@ def build_default_preset(device: str) -> str:
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     from benchmark import freeze
-    from benchmark.runner import git_commit
+    from benchmark.provenance import git_commit
 
     jobs = plan_grid(args, args.results)[3]
     commit = git_commit() or "unknown"
@@ -462,7 +529,7 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     grid = f"--methods {args.methods} --tasks {args.tasks} --seeds {args.seeds} --preset {preset}" + (
         " --set " + " ".join(args.overrides) if args.overrides else "")
     command = f"python -m benchmark sweep {grid} && python -m benchmark freeze {grid}"
-    manifest = freeze.freeze(jobs, dest, command, commit)
+    manifest = freeze.freeze(jobs, dest, command, commit, allow_dirty=args.allow_dirty)
     hours = manifest["sum_of_run_durations_s"] / 3600
     print(f"froze {manifest['runs']} runs into {dest} (run durations {hours:.2f} h; records from "
           f"{', '.join(manifest['record_commits'])})")
@@ -514,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "sweep": cmd_sweep, "tune": cmd_tune,
                 "samples": cmd_samples, "freeze": cmd_freeze, "perf": cmd_perf, "ui": cmd_ui}
+    started = time.monotonic()
     try:
         with interrupts.as_interrupt():  # a library failing while it unwinds a Ctrl-C: still an interruption
             return commands[args.command](args)
@@ -521,13 +589,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; unfinished ones have no record and are redone", file=sys.stderr)
+        print(interrupted_message(args.command, interrupts.kept_since(started)), file=sys.stderr)
         return 130
     except Exception as exc:  # a user-facing failure: data, tracking, run
         if _is_user_error(exc):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise
+
+
+def interrupted_message(command: str, kept: list) -> str:
+    """What an interrupted command kept and how to go on; ``kept``: the training checkpoints it left
+    (:class:`benchmark.interrupts.Kept`)."""
+    where = "; ".join(f"{k.what}: step {k.step} of {k.total} ({k.where})" for k in kept)
+    if command == "run":
+        if kept:
+            k = kept[-1]
+            return (f"interrupted: the generative model's training was checkpointed at step {k.step} of {k.total} "
+                    f"({k.where}); run the same command again to resume from there; this run has no record yet")
+        return ("interrupted: this run has no record yet; run the same command again to redo it (a generative model "
+                "that finished training is reused from the cache)")
+    if command in ("sweep", "tune"):
+        text = "interrupted: finished runs are kept; unfinished ones have no record and are redone by the same command"
+        if kept:
+            return text + f"; training checkpointed here, resumed from there: {where}"
+        return text + " (a generative model resumes from its newest checkpoint)"
+    return "interrupted" + (f"; training checkpointed: {where}" if kept else "")
 
 
 def _is_user_error(exc: BaseException) -> bool:

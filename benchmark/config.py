@@ -8,11 +8,15 @@ any field; the value is parsed with the field's declared type, and an unknown ke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
+
+from benchmark.registry import closest, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -91,13 +95,13 @@ class DataConfig:
     max_patches_per_slide: int = 0  # TCGA-UT: keep at most this many patches per slide (0 = all), deterministic
     # embedded generator (tasks/embedded.py)
     sites_per_class: int = 12  # a task with K classes gets K x sites_per_class sites
-    patients_per_class: int = 160
-    patches_per_patient: int = 8
+    patients_per_class: int = 160  # patients of each cancer type in the generated cohort
+    patches_per_patient: int = 8  # patches rendered per patient
     shortcut_strength: float = 0.9  # 0: site independent of class; 1: single-type sites (except mixed ones)
-    mixed_site_fraction: float = 0.2
+    mixed_site_fraction: float = 0.2  # share of sites that send all cancer types, whatever the strength
     site_size_exponent: float = 1.1  # Zipf exponent of patients per site (0: equal sizes)
     ambiguous_fraction: float = 0.3  # patches without tumour morphology (their class shows only through the site)
-    generator_seed: int = 0
+    generator_seed: int = 0  # the generated cohort and its images (not varied by --seed)
 
     @property
     def source(self) -> str:
@@ -108,12 +112,27 @@ class DataConfig:
 class SplitConfig:
     """How patients are divided into train / val / test_seen / test_unseen (always by patient)."""
 
-    seed: int = 0  # fixed by default so generative models are shared across run seeds (the paper's protocol)
     heldout_fraction: float = 0.3  # share of unique keys per class held out as test_unseen
     heldout_keys: tuple[str, ...] = ("tissue_source_site", "race")  # add "gender" for the authors' full key
     guard: str = "key"  # "key": no key on both sides; "site": also no site on both sides (authors' code)
-    val_fraction: float = 0.15  # of the seen patients
-    test_seen_fraction: float = 0.2  # of the seen patients
+    val_fraction: float = 0.15  # share of the seen patients held out for validation
+    test_seen_fraction: float = 0.2  # share of the seen patients held out as test_seen
+
+
+SEED_SOURCES: tuple[str, ...] = ("split", "model", "sampling", "probe")
+FOLLOW = -1  # a seed source set to this follows the replicate seed
+
+
+@dataclass(frozen=True)
+class SeedConfig:
+    """The sources of randomness of one replicate. Each follows the replicate seed (``--seed``, the sweep's seeds)
+    unless pinned to a value >= 0: ``--set seeds.split=0 seeds.model=0`` is the paper's protocol (one split, one
+    trained model, replicates over sampling and the probe only)."""
+
+    split: int = FOLLOW  # which patients and held-out combinations land in train / val / test_seen / test_unseen
+    model: int = FOLLOW  # the generative model's training: initial weights, batches, noise
+    sampling: int = FOLLOW  # the generation plan, the sampler's noise, the rows drawn for FID
+    probe: int = FOLLOW  # the linear probe's solver
 
 
 @dataclass(frozen=True)
@@ -122,11 +141,13 @@ class ProbeConfig:
 
     encoder: str = "fbank"  # a name from `python -m benchmark list` (fbank, uni, timm:<model>)
     encoder_weights: str = ""  # local weights file for uni / timm encoders (or $MEDIBENCH_UNI_WEIGHTS for uni)
-    batch_size: int = 256
+    batch_size: int = 256  # patches per encoder call when embedding
     C: float = tunable(1.0, low=1e-3, high=1e2, log=True)  # inverse L2 regularization of the logistic regression
-    max_iter: int = 2000
+    max_iter: int = 2000  # solver iterations of the logistic regression
     standardize: bool = True  # z-score embeddings (fitted on the training set) before the probe
-    min_group_size: int = 10  # groups smaller than this are reported and flagged, and left out of worst-group acc
+    min_group_size: int = 10  # groups with fewer patches are reported and flagged, and left out of worst-group acc
+    min_group_patients: int = 2  # groups with fewer patients likewise: one patient's patches are one observation
+    bootstrap: int = 1000  # resamples of patients for each run's 95% intervals (0: none)
 
 
 @dataclass(frozen=True)
@@ -184,10 +205,25 @@ class RunConfig:
     split: SplitConfig = SplitConfig()
     probe: ProbeConfig = ProbeConfig()
     method_params: Any = None  # the method's own Params dataclass, resolved for the preset
+    seeds: SeedConfig = SeedConfig()
 
     @property
     def name(self) -> str:
         return f"{self.method}-{self.task}-s{self.seed}"
+
+    def seed_for(self, source: str) -> int:
+        """The seed of one source of randomness (``split``, ``model``, ``sampling``, ``probe``): pinned, or the
+        replicate seed."""
+        pinned = getattr(self.seeds, source)
+        return self.seed if pinned == FOLLOW else pinned
+
+    def replicate(self) -> dict[str, Any]:
+        """What this run's replicate seed varies: every source's seed and which of them follow ``seed``."""
+        return {
+            "seed": self.seed,
+            "seeds": {s: self.seed_for(s) for s in SEED_SOURCES},
+            "varied": [s for s in SEED_SOURCES if getattr(self.seeds, s) == FOLLOW],
+        }
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_params"}
@@ -216,19 +252,24 @@ class RunConfig:
 # --set key=value
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
 def parse_value(text: str, annotation: Any, key: str) -> Any:
     """Parse ``text`` as the declared type of field ``key``."""
     if isinstance(annotation, str):  # from __future__ annotations: resolve the simple names used here
         annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
     origin = typing.get_origin(annotation)
+    if annotation is bool:
+        low = text.strip().lower()
+        if low in TRUE_WORDS:
+            return True
+        if low in FALSE_WORDS:
+            return False
+        spellings = ", ".join(f"{t}/{f}" for t, f in zip(TRUE_WORDS, FALSE_WORDS, strict=True))
+        raise ConfigError(f"--set {key}={text}: expected a bool, one of {spellings}")
     try:
-        if annotation is bool:
-            low = text.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
         if annotation is int:
             return int(text)
         if annotation is float:
@@ -269,13 +310,15 @@ def apply_overrides(obj: Any, overrides: dict[str, str], prefix: str) -> Any:
     for key, text in overrides.items():
         name = key[len(prefix) + 1 :]
         if name not in types:
-            valid = ", ".join(f"{prefix}.{n}" for n in types)
-            raise ConfigError(f"unknown --set key {key!r}; valid keys in {prefix}: {valid}")
+            close = closest(name, types)  # the field name alone: every key shares the prefix
+            hint = f" (did you mean '{prefix}.{close}'?)" if close else ""
+            raise ConfigError(f"unknown --set key {key!r}{hint}; valid keys in {prefix}: "
+                              f"{', '.join(f'{prefix}.{n}' for n in types)}")
         changes[name] = parse_value(text, types[name], key)
     return replace(obj, **changes) if changes else obj
 
 
-SECTIONS = ("data", "split", "probe", "method")
+SECTIONS = ("data", "split", "probe", "seeds", "method")
 TOP_LEVEL = ("seed",)
 
 
@@ -286,7 +329,13 @@ def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
         section = key.split(".", 1)[0] if "." in key else ""
         if section not in grouped or (section == "" and key not in TOP_LEVEL):
             valid = ", ".join([*TOP_LEVEL, *(f"{s}.<field>" for s in SECTIONS)])
-            raise ConfigError(f"unknown --set key {key!r}; valid keys: {valid} (see `python -m benchmark list`)")
+            if section:  # a mistyped section: suggest the same field in the closest one
+                close = closest(section, SECTIONS)
+                hint = f" (did you mean '{close}.{key.split('.', 1)[1]}'?)" if close else ""
+            else:
+                hint = did_you_mean(key, TOP_LEVEL)
+            raise ConfigError(f"unknown --set key {key!r}{hint}; valid keys: {valid} (see `python -m benchmark list "
+                              f"--keys`)")
         grouped[section][key] = value
     return grouped
 
@@ -302,7 +351,8 @@ def resolve(
 ) -> RunConfig:
     """Preset + overrides -> a complete RunConfig. ``method_params`` is the method's Params for the preset."""
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; choose from: "
+                          f"{', '.join(PRESETS)}")
     p = PRESETS[preset]
     grouped = split_overrides(overrides or {})
     if "seed" in grouped[""]:
@@ -310,16 +360,21 @@ def resolve(
     data = apply_overrides(p.data, grouped["data"], "data")
     split = apply_overrides(p.split, grouped["split"], "split")
     probe = apply_overrides(p.probe, grouped["probe"], "probe")
+    seeds = apply_overrides(SeedConfig(), grouped["seeds"], "seeds")
     if grouped["method"]:
         if method_params is None:
             raise ConfigError(f"method {method!r} has no parameters; got {sorted(grouped['method'])}")
         method_params = apply_overrides(method_params, grouped["method"], "method")
-    _validate(data, split, probe)
-    return RunConfig(method, task, preset, seed, device, data, split, probe, method_params)
+    _validate(data, split, probe, seeds)
+    if seed < 0:
+        raise ConfigError(f"seed={seed} is invalid: expected >= 0")
+    return RunConfig(method, task, preset, seed, device, data, split, probe, method_params, seeds)
 
 
-def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig) -> None:
+def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig, seeds: SeedConfig) -> None:
     checks = [
+        *((getattr(seeds, s) >= FOLLOW, f"seeds.{s}", getattr(seeds, s), f"a seed >= 0, or {FOLLOW} to follow --seed")
+          for s in SEED_SOURCES),
         (data.image_size in (32, 64, 128, 256), "data.image_size", data.image_size, "one of 32, 64, 128, 256"),
         (data.on_error in ("fail", "skip"), "data.on_error", data.on_error, "'fail' or 'skip'"),
         (bool(data.root) == bool(data.metadata), "data.metadata", data.metadata, "set together with data.root"),
@@ -331,28 +386,115 @@ def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig) -> None:
         (len(split.heldout_keys) > 0, "split.heldout_keys", split.heldout_keys, "at least one metadata column"),
         (probe.C > 0, "probe.C", probe.C, "> 0"),
         (probe.min_group_size >= 1, "probe.min_group_size", probe.min_group_size, ">= 1"),
+        (probe.min_group_patients >= 1, "probe.min_group_patients", probe.min_group_patients, ">= 1"),
+        (probe.bootstrap == 0 or probe.bootstrap >= 100, "probe.bootstrap", probe.bootstrap, "0 or >= 100"),
     ]
     for ok, key, value, expected in checks:
         if not ok:
             raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
 
 
-def describe_fields(cls: type, prefix: str) -> list[tuple[str, str, Any]]:
-    """(key, type, default) for every field of a config dataclass: what `list` prints."""
+@dataclass(frozen=True)
+class FieldDoc:
+    """One ``--set`` key as `list --keys` shows it."""
+
+    key: str  # "data.image_size"
+    type: str  # "int", "tuple[str, ...]"
+    value: Any  # the value in the object described (a preset's), or the declared default
+    help: str  # one line: the field's trailing comment, or the comment block right above it; "" if none
+    heading: str  # the comment heading of the group of fields it belongs to (e.g. "training"); "" if none
+    search: str  # the range `tune` searches (tunable fields), e.g. "float [0.0001, 0.002] log"; "" if not tuned
+
+
+def describe_fields(obj: Any, prefix: str) -> list[FieldDoc]:
+    """Every field of a config dataclass (or of one of its instances, whose values are then shown), in declaration
+    order, with its description read from the comments of the class's source (:func:`field_comments`)."""
+    cls = obj if isinstance(obj, type) else type(obj)
     types = _field_types(cls)
+    comments = field_comments(cls)
     out = []
     for f in fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        tname = getattr(types[f.name], "__name__", str(types[f.name]))
-        out.append((f"{prefix}.{f.name}", tname, default))
+        if isinstance(obj, type):
+            value = f.default if f.default is not dataclasses.MISSING else None
+        else:
+            value = getattr(obj, f.name)
+        t = types[f.name]
+        tname = str(t) if typing.get_origin(t) is not None else getattr(t, "__name__", str(t))
+        help_text, heading = comments.get(f.name, ("", ""))
+        search = f.metadata.get("search")
+        searched = search.describe() if search else ""
+        out.append(FieldDoc(f"{prefix}.{f.name}", tname, value, help_text, heading, searched))
     return out
+
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, tuple[str, str]]:
+    """``{field: (description, heading)}`` from the comments in the source of dataclass ``cls``.
+
+    A field's description is its trailing comment (``lr: float = 1e-4  # the learning rate``); a field without one
+    takes the comment block right above it when that block has two or more lines (its first sentence). A one-line
+    comment block (``# training``), or one above a field that has its own trailing comment, heads the fields below it.
+    Classes without source (built at run time) have no descriptions.
+    """
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, alone on its line)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            alone = not tok.line[: tok.start[1]].strip()
+            comments[tok.start[0]] = (tok.string.lstrip("#").strip(), alone)
+    body = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)).body
+    out: dict[str, tuple[str, str]] = {}
+    heading = ""
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        block, line = [], node.lineno - 1
+        while line in comments and comments[line][1]:
+            block.insert(0, comments[line][0])
+            line -= 1
+        lines = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+        text = " ".join(comments[n][0] for n in lines if n in comments and not comments[n][1])
+        if block:
+            if not text and len(block) > 1:
+                text = _first_sentence(" ".join(block))
+            else:
+                heading = _heading(block[0])
+        out[node.target.id] = (text, heading)
+    return out
+
+
+def _first_sentence(text: str, limit: int = 110) -> str:
+    first = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+    return first if len(first) <= limit else first[: first.rfind(" ", 0, limit)] + " ..."
+
+
+def _heading(line: str) -> str:
+    """The first line of a heading comment, without a parenthesis it does not close."""
+    depth, opened = 0, -1
+    for i, ch in enumerate(line):
+        if ch == "(":
+            opened = i if depth == 0 else opened
+            depth += 1
+        elif ch == ")":
+            depth = max(0, depth - 1)
+    return (line[:opened] if depth > 0 else line).strip().rstrip(",;:")
 
 
 def search_space(cfg: RunConfig) -> dict[str, Search]:
     """Every field of ``cfg`` declared with :func:`tunable`, keyed by its ``--set`` key (``probe.C``,
     ``method.lr``, ...), in declaration order. A field whose ``requires`` sibling is zero in ``cfg`` and not itself
     searched is left out (e.g. ``method.guidance_scale`` without ``method.cond_dropout`` > 0)."""
-    sections = (("data", cfg.data), ("split", cfg.split), ("probe", cfg.probe), ("method", cfg.method_params))
+    sections = (("data", cfg.data), ("split", cfg.split), ("probe", cfg.probe), ("seeds", cfg.seeds),
+                ("method", cfg.method_params))
     space: dict[str, Search] = {}
     for prefix, obj in sections:
         if obj is None:

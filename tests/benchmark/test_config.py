@@ -48,7 +48,7 @@ def test_overrides_are_typed():
         ("nosuch.x=1", "unknown --set key 'nosuch.x'"),
         ("data.image_size=big", "--set data.image_size=big: expected int"),
         ("data.image_size=48", "data.image_size=48 is invalid: expected one of 32, 64, 128, 256"),
-        ("probe.standardize=maybe", "expected bool"),
+        ("probe.standardize=maybe", "expected a bool, one of 1/0, true/false, yes/no, on/off"),
         ("method.lr=1", "method 'none' has no parameters"),
     ],
 )
