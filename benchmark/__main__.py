@@ -383,8 +383,8 @@ def results_table(record: dict) -> str:
         flagged = m.get(f"{split}/n_groups_flagged") or 0
         note = f"  ({int(flagged)} small group(s) left out)" if flagged else ""
         lines.append(f"{split:<12}{int(n or 0):>6}" + cells + note)
-    lines.append("[95% interval over test patients]; shortcut gap: balanced accuracy on patches whose class their site "
-                 "mostly sent minus on the others (0 = no shortcut)")
+    lines.append("[95% interval over test patients]; shortcut gap: balanced accuracy on patches whose class their "
+                 "site mostly sent minus on the others (0 = no shortcut)")
     return "\n".join(lines)
 
 
