@@ -482,11 +482,14 @@ def verdict_sentences(section: Section, comparisons: Sequence[stats.Comparison],
     for c in significant:
         out.append(f"{c.a} vs {c.b}: {titles[c.metric]} {c.delta:+.3f} [{c.low:+.3f}, {c.high:+.3f}] "
                    f"({'higher' if c.delta > 0 else 'lower'}, p(Holm) {_fmt_p(c.p_holm)[2:]}).")
-    rest = sorted({f"{c.a} vs {c.b}" for c in comparisons if not c.significant and c.reachable})
+    rest: dict[str, list[str]] = {}
+    for c in comparisons:
+        if c.reachable and not c.significant:
+            rest.setdefault(f"{c.a} vs {c.b}", []).append(titles[c.metric])
     if not significant:
         out.append("No significant difference between any of the methods compared, on any metric.")
     elif rest:
-        out.append("Everything else shows no significant difference (" + "; ".join(rest) + ").")
+        out.append("No significant difference: " + "; ".join(f"{k} on {', '.join(v)}" for k, v in rest.items()) + ".")
     unreachable = [c for c in comparisons if not c.reachable]
     if unreachable:
         out.append(f"Not testable for lack of replicates: {len(unreachable)} comparison(s) "
@@ -1056,10 +1059,11 @@ def _section_context(section: Section, test: str) -> dict:
     if section.preset == "smoke":
         notices.insert(0, "Smoke preset: tiny data and models that only check the code runs end to end. These "
                        "numbers are not results.")
-    codes = sorted({str(r.get("code_version")) for r in section.records if r.get("code_version")})
-    if len(codes) > 1:
-        notices.append(f"The records of this section come from {len(codes)} code versions ({', '.join(codes)}): "
-                       "their numbers may not be comparable; re-run them with one version of the code.")
+    for row in section.rows:  # each method's code is part of its identity: its replicates must share one version
+        codes = sorted({str(r.get("code_version")) for r in row.runs if r.get("code_version")})
+        if len(codes) > 1:
+            notices.append(f"The replicates of {row.label} come from {len(codes)} code versions ({', '.join(codes)}):"
+                           " their numbers may not be comparable; re-run them with one version of the code.")
     comparisons = section_comparisons(section, test)
     forest = None
     if any(math.isfinite(c.delta) for c in comparisons):

@@ -35,6 +35,8 @@ CHECKS = """(() => {
     leaderboards: document.querySelectorAll('table.leaderboard').length,
     fidTables: document.querySelectorAll('table.fid').length,
     bestCells: document.querySelectorAll('td.best').length,
+    verdicts: [...document.querySelectorAll('div.verdict')].map(d => d.innerText),
+    comparisons: document.querySelectorAll('table.comparisons tbody tr').length,
     figures: imgs.length,
     figuresLoaded: imgs.filter(i => i.complete && i.naturalWidth > 100).length,
     xssText: document.body.innerText.includes(XSS_SITE),
@@ -156,7 +158,7 @@ def test_leaderboard_in_headless_chromium(tmp_path):
     binary = chromium()
     root = tmp_path / "results"
     records = fixed_records(root)
-    report = R.render(records, str(root), n_boot=200)
+    report = R.render(records, str(root))
     page = tmp_path / "leaderboard.html"
     page.write_text(report.html, encoding="utf-8")
     profile = tmp_path / "profile"
@@ -183,11 +185,14 @@ def test_leaderboard_in_headless_chromium(tmp_path):
         assert result["scripts"] == 0 and result["injectedImgs"] == 0 and result["xssText"]
         # the tables and figures
         assert result["leaderboards"] == 4 and result["fidTables"] == 1
-        assert result["figures"] == result["figuresLoaded"] == len(report.figures) == 6
+        assert result["figures"] == result["figuresLoaded"] == len(report.figures) == 7  # forest plot first
+        # each task leads with its verdict: nsclc compares three pairs, uterine (none only) says it cannot
+        assert len(result["verdicts"]) == 2 and "medi vs none: balanced accuracy +0.100" in result["verdicts"][0]
+        assert "No comparison" in result["verdicts"][1] and result["comparisons"] == 3
         assert result["bestCells"] >= 6
         assert result["sections"] == [s for s in result["sections"] if s.startswith("Task ")] and len(
             result["sections"]) == 2
-        assert result["cell"].startswith("0.820 ± 0.012★")
+        assert result["cell"].startswith("0.820★[0.770, 0.870]")
     # on a phone the page itself does not scroll sideways (wide tables scroll inside their own box)
     assert phone["viewport"] == 375 and phone["pageWidth"] <= 375
     for name in ("desktop", "phone"):
