@@ -208,10 +208,6 @@ class Estimate:
     n: int
     sd: float
 
-    @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2
-
 
 def replicate_estimate(values: Sequence[float | None], confidence: float = CONFIDENCE) -> Estimate:
     """Mean and t interval of the finite ``values`` (one per replicate)."""
