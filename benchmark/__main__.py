@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmark.perf import STAGES as PERF_STAGES
+
 EXIT_USAGE = 2  # a bad name, preset, device or --set key
 EXIT_FAILED = 1  # bad data, an unreachable tracking server, a failed run
 
@@ -151,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         "running the same command again. Jobs are claimed through a SQL table (--queue; sqlite in the results "
         "folder by default): point several machines at one database (e.g. postgresql://...) and one MLflow "
         "server (MLFLOW_TRACKING_URI) and they share the work without running a job twice. Seed 0 of every "
-        "method and task runs first, so workers train different generative models and later seeds reuse them.",
+        "method and task runs first, so parallel workers train different generative models (replicates train "
+        "their own; with seeds.model pinned they reuse seed 0's).",
         epilog=SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -246,14 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speed of every stage against a straightforward reference, measured in the same run (reference, "
         "ours, reference again) in a fresh process per stage: data generation and loading, diffusion training "
         "(against a plain fp32 diffusers loop), sampling (DPM-Solver++ against DDIM-50, with FIDs when a trained "
-        "nsclc medi model is in --results), embedding, FID features, CycleGAN training, and the end-to-end run of "
+        "nsclc medi model is in --results), time to quality (this preset's diffusion recipe against the reference "
+        "recipe: training time to the reference's final sample quality, with a figure of quality against time; "
+        "about 30 min on the cpu preset), embedding, FID features, CycleGAN training, and the end-to-end run of "
         "every method with peak memory. Writes --out (JSON) and the same name with .md (the table the README "
         "quotes). Run it on an otherwise idle machine: other processes distort every figure.",
     )
     pf.add_argument("--preset", default="smoke", choices=["smoke", "cpu"], help="sizes to measure (default smoke)")
-    pf.add_argument("--stages", default="all", help="'all' or a comma-separated list of: " + ", ".join(
-        ("generate", "load", "embed", "fid_features", "diffusion_train", "sampling", "cyclegan_train", "e2e")))
-    pf.add_argument("--methods", default="all", help="methods of the e2e stage (default all)")
+    pf.add_argument("--stages", default="all", help="'all' or a comma-separated list of: " + ", ".join(PERF_STAGES))
+    pf.add_argument("--methods", default="all", help="methods of the e2e stage and of time_to_quality (which "
+                    "measures medi, cls and cyclegan among them; default all)")
     pf.add_argument("--threads", type=int, default=0, help="torch threads per stage (default: all cores)")
     pf.add_argument("--results", type=Path, default=Path("results"),
                     help="where to look for a trained nsclc medi model for the sampler FIDs (default ./results)")
@@ -538,18 +543,17 @@ def cmd_freeze(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    import os
-
     from benchmark import perf
     from benchmark.registry import METHODS, load_plugins
     from benchmark.sweep import parse_names
+    from benchmark.threads import usable_cores
 
     load_plugins()
     stages = parse_names(args.stages, list(perf.STAGES), "stages")
     methods = parse_names(args.methods, METHODS.names(), "methods")
     if "none" not in methods:
         methods.insert(0, "none")  # the e2e reference
-    threads = args.threads or (os.cpu_count() or 1)
+    threads = args.threads or usable_cores()
     print(f"perf: preset {args.preset}, stages {', '.join(stages)}, {threads} thread(s); keep the machine idle")
     record = perf.run_perf(args.preset, stages, args.results, methods, threads)
     out = args.out or Path("reports") / f"perf_{args.preset}.json"

@@ -170,7 +170,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "cpu",
-            "default without a GPU: 32 px, ~1 M-parameter models; a generative model in ~20 min on 2 cores",
+            "default without a GPU: 32 px, ~1 M-parameter models; a diffusion model in ~5 min on 2 cores",
             DataConfig(image_size=32),
         ),
         Preset(

@@ -7,8 +7,10 @@ markdown table (stage, ours, reference, ratio, peak memory). Ratios are what to 
 absolute figures depend on the CPU (the record names it).
 
 Stages: data generation (embedded renderer) and loading (TCGA-UT JPEG layout), diffusion training step, sampling
-(DPM-Solver++ at 20 steps against DDIM-50 and, with a trained model, the FID each reaches), embedding with the
-default encoder, FID features, CycleGAN training, and the end-to-end ``run`` of every method.
+(DPM-Solver++ at 20 steps against DDIM-50 and, with a trained model, the FID each reaches), time to quality (the
+preset's diffusion recipe against the reference recipe, trained one after the other on nsclc and measured as they
+train; :mod:`benchmark.quality`), embedding with the default encoder, FID features, CycleGAN training, a sweep on
+two workers against one, and the end-to-end ``run`` of every method.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("generate", "load", "embed", "fid_features", "diffusion_train", "sampling", "cyclegan_train", "e2e")
+STAGES = ("generate", "load", "embed", "fid_features", "diffusion_train", "sampling", "time_to_quality",
+          "cyclegan_train", "workers", "e2e")
 
 
 @dataclass
@@ -334,6 +337,65 @@ def _sampling_speed_only(preset: str, note: str) -> Row:
                "DDIM 50 steps (the paper's)", note=note)
 
 
+TTQ_KINDS = ("medi", "cls", "cyclegan")  # the generative methods the time_to_quality stage measures
+
+
+def stage_time_to_quality(preset: str, results: Path, methods: list[str] | None = None) -> list[Row]:
+    """MeDi, CLS and the CycleGAN on nsclc (split and model seed 0; ``methods`` picks some of them): the reference
+    recipe (``reference_recipe`` of each method's module) trained to its end, then the preset's recipe, both
+    measured as they train (:mod:`benchmark.quality`). ``ours`` is the time the preset's recipe needs to reach the
+    reference's final quality (FID for the diffusion models, the colour distance to the target site for the
+    CycleGAN), ``reference`` the reference's whole training time; ratio = reference / ours (NaN when never
+    reached). The curves go into ``extra``, and :func:`write_outputs` draws them."""
+    from benchmark.quality import SampleQuality, cyclegan_curve, quality_curve, time_to
+    from benchmark.registry import TASKS, load_plugins
+    from benchmark.runner import build_config
+    from methods import cyclegan, diffusion
+
+    load_plugins()
+    rows = []
+    quality = None
+    for kind in [k for k in TTQ_KINDS if methods is None or k in methods]:
+        cfg = build_config(kind, "nsclc", preset, 0, "cpu", [])
+        if quality is None:
+            task = TASKS.get("nsclc")(cfg.data, cfg.split, results / "cache", False)
+            train = task.splits(cfg.seed_for("split"))["train"].load()
+            quality = SampleQuality(train, list(task.classes), n_fid=64 if preset == "smoke" else 192,
+                                    per_cell=4 if preset == "smoke" else 12)
+        ours_params = cfg.method_params
+        module, curve_of, measure = ((cyclegan, cyclegan_curve, "delta_e") if kind == "cyclegan"
+                                     else (diffusion, quality_curve, "fid"))
+        ref_params = replace(ours_params, **module.reference_recipe(preset))
+        ref_curve = curve_of(ref_params, train, task, quality, points=10)
+        curve = curve_of(ours_params, train, task, quality, points=8)
+        target = ref_curve[-1][measure]
+        reached = time_to(curve, target, measure)
+        final, ref_final = curve[-1], ref_curve[-1]
+        name = "FID" if measure == "fid" else "colour distance to the target site (delta-E)"
+        note = (f"reaches the reference's final {name} {target:.3f} after {reached:.0f} s" if math.isfinite(reached)
+                else f"never reaches the reference's final {name} {target:.3f} (its own: {final[measure]:.3f})")
+        shown = (("fid", "FID"), ("delta_e", "delta-E"), ("site_fidelity", "site fidelity"),
+                 ("class_fidelity_counterfactual", "counterfactual class fidelity"))
+        note += "; at the end, ours vs reference: " + ", ".join(
+            f"{label} {final[m]:.2f} vs {ref_final[m]:.2f}" for m, label in shown if math.isfinite(final[m]))
+        differs = {k: v for k, v in asdict(ours_params).items() if asdict(ref_params)[k] != v}
+        rows.append(Row(
+            f"time_to_quality:{kind}", "s", reached, ref_final["seconds"],
+            f"{kind}, this preset's recipe ({_recipe_label(ours_params, differs)})",
+            f"{kind}, reference recipe ({_recipe_label(ref_params, differs)}), to its final {name}",
+            note=note,
+            extra={"measure": measure, "target": target, "curves": {"ours": curve, "reference": ref_curve},
+                   "recipe": {k: [asdict(ref_params)[k], v] for k, v in differs.items()},
+                   "train_seconds": {"ours": final["seconds"], "reference": ref_final["seconds"]}},
+        ))
+    return rows
+
+
+def _recipe_label(params, fields: dict) -> str:
+    values = asdict(params)
+    return ", ".join(f"{k} {values[k]}" for k in fields) or "same"
+
+
 def stage_cyclegan_train(preset: str) -> Row:
     """Our site-conditioned generator (one model for every target site) against the reference's design, one
     two-domain CycleGAN per site pair, at the same widths: images/s per training step, and the note gives how
@@ -358,6 +420,30 @@ def stage_cyclegan_train(preset: str) -> Row:
     return Row("cyclegan_train", "images/s", o, r, f"one site-conditioned CycleGAN ({n_sites} sites)",
                "one two-domain CycleGAN (per site pair)",
                note=f"the pairwise design needs {pairs} models for {n_sites} sites; this design needs 1")
+
+
+def stage_workers(preset: str) -> Row:
+    """Wall time of one small sweep (``none`` on nsclc, four replicates) on two workers, each with half the cores
+    (:mod:`benchmark.threads`), against the same sweep on one worker with every core; fresh results folders."""
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            cmd = [sys.executable, "-m", "benchmark", "-q", "sweep", "--methods", "none", "--tasks", "nsclc",
+                   "--seeds", "4", "--preset", preset, "--device", "cpu", "--workers", str(workers),
+                   "--out", str(Path(tmp) / f"w{workers}"), "--no-progress"]
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            seconds[workers] = time.perf_counter() - start
+            if proc.returncode != 0:
+                err = proc.stderr.strip().splitlines()
+                raise RuntimeError(f"perf workers: {' '.join(cmd)} failed: {err[-1] if err else proc.returncode}")
+    from benchmark import threads
+
+    cores = threads.usable_cores()
+    return Row("workers", "s", seconds[2], seconds[1],
+               f"sweep of 4 runs, 2 workers x {threads.share(2)} thread(s)",
+               f"the same sweep, 1 worker x {cores} thread(s)",
+               note=f"none on nsclc, seeds 0-3, {cores} usable cores")
 
 
 def stage_e2e(preset: str, results: Path | None, methods: list[str]) -> list[Row]:
@@ -395,12 +481,14 @@ def stage_e2e(preset: str, results: Path | None, methods: list[str]) -> list[Row
 
 
 def _stage_worker(name: str, preset: str, results: str, methods: list[str], threads: int, conn) -> None:
-    import torch
+    from benchmark.threads import limit
 
-    torch.set_num_threads(threads)
+    limit(threads)
     try:
         if name == "sampling":
             rows = [stage_sampling(preset, Path(results))]
+        elif name == "time_to_quality":
+            rows = stage_time_to_quality(preset, Path(results), methods)
         elif name == "e2e":
             rows = stage_e2e(preset, None, methods)
         else:
@@ -508,4 +596,48 @@ def write_outputs(record: dict, out: Path) -> tuple[Path, Path]:
               f"commit {record['git_commit'] or 'n/a'}.\n\n")
     with atomic_file(md) as fh:
         fh.write((header + record["markdown"] + "\n").encode())
+    curves = [r for r in record["stages"] if r["stage"].startswith("time_to_quality")]
+    if curves:
+        with atomic_file(out.with_name(out.stem + "_time_to_quality.png")) as fh:
+            fh.write(time_to_quality_png(curves, record))
     return out, md
+
+
+def time_to_quality_png(rows: list[dict], record: dict) -> bytes:
+    """Quality against training wall time, the preset's recipe and the reference, one row per model: the measure
+    the time is read from (the reference's final value dotted), the colour distance to the site, site fidelity and
+    class fidelity in counterfactual cells."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {"fid": "FID (default encoder), lower is better", "delta_e": "delta-E to the site's colour, lower is "
+              "better", "site_fidelity": "site fidelity", "class_fidelity_counterfactual": "class fidelity, "
+              "counterfactual cells"}
+    panels = ("fid", "delta_e", "site_fidelity", "class_fidelity_counterfactual")
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.6 * len(panels), 2.9 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        kind = row["stage"].split(":", 1)[1]
+        for j, measure in enumerate(panels):
+            ax = axes[i][j]
+            for who, style in (("reference", dict(color="0.45", ls="--", marker="o")),
+                               ("ours", dict(color="C0", marker="s"))):
+                pts = row["extra"]["curves"][who]
+                label = "reference recipe" if who == "reference" else "this preset's recipe"
+                ax.plot([p["seconds"] / 60 for p in pts], [p[measure] for p in pts], label=label, ms=4, **style)
+            if measure == row["extra"]["measure"]:
+                ax.axhline(row["extra"]["target"], color="0.45", lw=0.8, ls=":")
+                ax.legend(fontsize=7)
+            ax.set_title(f"{kind}: {titles[measure]}", fontsize=8)
+            ax.set_xlabel("training time (min)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle(f"Time to quality on nsclc, preset {record['preset']}: {record['machine']['cpu']}, "
+                 f"{record['threads']} threads", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

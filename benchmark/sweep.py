@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark import interrupts
+from benchmark import interrupts, threads
 from benchmark.cache import pid_alive
 from benchmark.config import ConfigError, RunConfig
 
@@ -60,7 +60,10 @@ def parse_names(value: str, known: Sequence[str], what: str) -> list[str]:
         raise ConfigError(f"--{what}: give 'all' or a comma-separated list; choose from: {', '.join(known)}")
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConfigError(f"--{what}: unknown {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
+        from benchmark.registry import did_you_mean
+
+        hints = "".join(did_you_mean(n, known) for n in unknown[:1])
+        raise ConfigError(f"--{what}: unknown {', '.join(map(repr, unknown))}{hints}; choose from: {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -351,9 +354,7 @@ def work(
 
 def _worker_main(spec: dict) -> dict[str, int]:
     """Entry point of a worker process (spawned): rebuild the jobs from their configs and work."""
-    import torch
-
-    torch.set_num_threads(spec["threads"])
+    threads.limit(spec["threads"])
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s worker {os.getpid()}: %(message)s")
     interrupts.install()
     jobs = plan_jobs(spec["methods"], spec["tasks"], spec["seeds"], spec["preset"], spec["device"],
@@ -365,10 +366,6 @@ def _worker_main(spec: dict) -> dict[str, int]:
         return work(jobs, queue, Path(spec["results_dir"]), progress=False)
     except KeyboardInterrupt:
         return {"done": 0, "failed": 0, "interrupted": 1}
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -467,7 +464,7 @@ def run_sweep(
     from tqdm import tqdm
 
     ctx = mp.get_context("spawn")
-    spec = dict(spec, keys=keys, threads=threads_per_worker(workers), queue_url=queue.url,
+    spec = dict(spec, keys=keys, threads=threads.share(workers), queue_url=queue.url,
                 results_dir=str(results_dir))
     procs = [ctx.Process(target=_worker_main, args=(spec,), daemon=False) for _ in range(workers)]
     for p in procs:

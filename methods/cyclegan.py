@@ -25,7 +25,9 @@ Cost grows with the number of images, not with the number of site pairs, and the
 training split and model seed (cached by ``model_key``), shared by every run that asks for the same two.
 Defaults follow the reference implementation (ResNet generator, PatchGAN, LSGAN, lambda_cycle 10,
 lambda_identity 0.5, Adam lr 2e-4 with beta1 0.5, an image pool of 50, constant then linearly decaying learning
-rate), scaled to the preset's image size. As in the reference nothing ties the translation to the class: where a
+rate), scaled to the preset's image size; the cpu preset trains 400 steps at lr 5e-4, which reached a closer colour
+match than 1,200 at 2e-4 in a third of the time (``REFERENCE_RECIPE``). As in the reference nothing ties the
+translation to the class: where a
 target site only ever sent the other class, its discriminator head has only seen that class, which can pull the
 morphology along with the stain (a known CycleGAN failure mode the benchmark is meant to expose).
 """
@@ -68,20 +70,20 @@ class Params:
     # architecture (reference: ngf 64, 2 down-samplings, 9 residual blocks at 256 px / 6 at 128 px, ndf 64,
     # 3-layer PatchGAN, instance norm)
     ngf: int = 16  # generator width of the first layer
-    n_downsampling: int = 2
+    n_downsampling: int = 2  # strided convolutions before the residual blocks (and as many up-samplings after)
     n_blocks: int = 6  # residual blocks at the lowest resolution
     ndf: int = 32  # discriminator width of the first layer
     n_layers_d: int = 2  # PatchGAN strided layers (3: 70x70 receptive field; 2: 34x34, for 32 px patches)
     # losses
-    lambda_cycle: float = tunable(10.0, low=1.0, high=20.0)
+    lambda_cycle: float = tunable(10.0, low=1.0, high=20.0)  # weight of the cycle-consistency L1 loss
     lambda_identity: float = 0.5  # identity loss weight, relative to lambda_cycle (as in the reference)
     # optimization
-    lr: float = tunable(2e-4, low=5e-5, high=1e-3, log=True)
-    beta1: float = 0.5
-    beta2: float = 0.999
+    lr: float = tunable(5e-4, low=5e-5, high=1e-3, log=True)  # Adam learning rate of both networks (reference: 2e-4)
+    beta1: float = 0.5  # Adam beta1 (the reference's 0.5)
+    beta2: float = 0.999  # Adam beta2
     batch_size: int = 32  # reference: 1
-    steps: int = 1200
-    decay_steps: int = 600  # the learning rate decays linearly to zero over the last decay_steps steps
+    steps: int = 400  # training steps (time to quality: see REFERENCE_RECIPE)
+    decay_steps: int = 200  # the learning rate decays linearly to zero over the last decay_steps steps
     pool_size: int = 50  # history of translated images shown to the discriminator (0: none)
     flip: bool = True  # random horizontal flips of training patches (reference: on)
     precision: str = "fp32"  # "fp32" or "bf16" autocast
@@ -90,9 +92,9 @@ class Params:
     ratio: float = tunable(1.0, low=0.25, high=2.0)  # synthetic patches per real training patch
     attributes: tuple[str, ...] = ("tissue_source_site", "race")  # the plan's combinations (race: metadata only)
     # bookkeeping (not part of the model)
-    sample_batch_size: int = 128
-    checkpoint_every: int = 250
-    log_every: int = 50
+    sample_batch_size: int = 128  # patches translated per generator call
+    checkpoint_every: int = 250  # training steps between resumable checkpoints
+    log_every: int = 50  # training steps between logged losses
 
     def __post_init__(self) -> None:
         positive = ("ngf", "n_blocks", "ndf", "n_layers_d", "batch_size", "steps", "sample_batch_size",
@@ -125,22 +127,32 @@ PRESET_PARAMS: dict[str, Params] = {
     # seconds: a handful of steps of a tiny network
     "smoke": Params(ngf=8, n_blocks=1, ndf=8, n_layers_d=2, batch_size=8, steps=6, decay_steps=3, pool_size=4,
                     checkpoint_every=3, log_every=2),
-    # 32 px, 0.53 M generator parameters, 1200 steps of 32 (~40 epochs of cpu nsclc): ~16 min at the 40 img/s of
-    # ONE thread on a loaded 2-core machine (tests/perf/test_perf_cyclegan.py); fp32 because bf16 autocast was
-    # no faster for this network on this CPU (0.7x - 1.0x)
+    # 32 px, 0.53 M generator parameters, 400 steps of 32 at lr 5e-4 (~13 epochs of cpu nsclc): ~75 s on 2 cores.
+    # The earlier 1200 steps at 2e-4 (REFERENCE_RECIPE) drifted away from the target sites' colour after ~450 steps
+    # (delta-E 2.4 -> 4.7; `python -m benchmark perf --stages time_to_quality`); fp32 because bf16 autocast was no
+    # faster for this network on this CPU (0.7x - 1.0x)
     "cpu": Params(),
     # 64 px on one GPU, about an hour
-    "gpu": Params(ngf=64, n_blocks=6, ndf=64, n_layers_d=3, batch_size=8, steps=40_000, decay_steps=20_000,
+    "gpu": Params(ngf=64, n_blocks=6, ndf=64, n_layers_d=3, batch_size=8, steps=40_000, decay_steps=20_000, lr=2e-4,
                   precision="bf16", checkpoint_every=2000, log_every=200),
     # the reference implementation at 128 px (resnet_6blocks, 70x70 PatchGAN, batch 1, 100 + 100 epochs of
     # ~2000 images = 400 k steps)
     "paper": Params(ngf=64, n_blocks=6, ndf=64, n_layers_d=3, batch_size=1, steps=400_000, decay_steps=200_000,
-                    precision="fp32", checkpoint_every=10_000, log_every=500),
+                    lr=2e-4, precision="fp32", checkpoint_every=10_000, log_every=500),
 }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # networks
+
+#: The cpu preset's training recipe before the time-to-quality benchmark: the reference of ``python -m benchmark
+#: perf --stages time_to_quality``, selectable with --set method.<field>=... on any preset.
+REFERENCE_RECIPE: dict[str, Any] = dict(steps=1200, decay_steps=600, lr=2e-4)
+
+
+def reference_recipe(preset: str) -> dict[str, Any]:
+    """The fields that turn a preset's parameters into the reference recipe (the cpu preset's; others unchanged)."""
+    return dict(REFERENCE_RECIPE) if preset == "cpu" else {}
 
 
 def _torch():

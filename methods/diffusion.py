@@ -24,12 +24,19 @@ patches well at every noise level, yet its DDIM samples came out grey noise (mea
 real (183, 134, 170)) and DPM-Solver++ samples saturated: an epsilon model's x0 estimate near t = T is its error
 times 1/sqrt(alpha_bar) (~150), and H&E's far-from-grey mean colour must be injected exactly there. With both
 changes the same UNet gives H&E-like samples after 500 steps.
+
+A third, for time: the small presets weight the loss with Min-SNR-gamma (``loss_weighting``) and train at lr 1e-3
+for 1,500 steps. On the cpu preset this reaches the FID that the earlier recipe (plain MSE, lr 5e-4, 3,000 steps;
+``REFERENCE_RECIPE``) reached at its end after ~45% of the steps; a cosine noise schedule was worse, lr 2e-3 no
+better (``python -m benchmark perf --stages time_to_quality``; README, "Time to quality").
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -46,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MODEL_VERSION = "diffusion-v1"  # bump when a change makes cached models invalid
 NUMERIC = ("age_at_index",)
+BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}  # method.noise_schedule -> diffusers' name
 CATEGORICAL = ("tissue_source_site", "race", "gender")
 
 
@@ -60,8 +68,8 @@ class DiffusionParams:
     cond_mode: str = "concat"  # concat | additive | linear
     cond_dropout: float = 0.0  # > 0 trains for classifier-free guidance (each condition dropped with this rate)
     # UNet
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # UNet channels per resolution level (one level per entry)
+    layers_per_block: int = 1  # resnet layers in each down / up block
     attention: bool = False  # self-attention in the lowest-resolution blocks
     # GroupNorm groups. Keep >= 4 channels per group in the first level, as the paper's UNet (128 channels, 32
     # groups): with one channel per group (32 channels, 32 groups) GroupNorm is an instance norm, the resnets'
@@ -70,18 +78,26 @@ class DiffusionParams:
     # output's mean colour 100x less than with 8 groups; tests/methods/test_diffusion.py)
     norm_num_groups: int = 8
     # training
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = tunable(5e-4, low=1e-4, high=2e-3, log=True)
-    adam_beta1: float = 0.95
-    adam_beta2: float = 0.999
-    weight_decay: float = 1e-6
-    warmup_fraction: float = 0.01
-    grad_clip: float = 1.0
-    ema: bool = True
-    ema_decay: float = 0.999
+    steps: int = 1500  # training steps (the cpu preset's before the time-to-quality benchmark: 3000, REFERENCE_RECIPE)
+    batch_size: int = 32  # training images per step (class-balanced draws)
+    lr: float = tunable(1e-3, low=1e-4, high=2e-3, log=True)  # peak AdamW learning rate (warm-up, then cosine decay)
+    adam_beta1: float = 0.95  # AdamW betas and weight decay: the authors' values
+    adam_beta2: float = 0.999  # AdamW beta2
+    weight_decay: float = 1e-6  # AdamW weight decay
+    warmup_fraction: float = 0.01  # share of the steps the learning rate warms up over, before its cosine decay
+    grad_clip: float = 1.0  # gradient norm clipping (0 = off)
+    ema: bool = True  # sample from an exponential moving average of the weights
+    ema_decay: float = 0.999  # the EMA's decay (diffusers warms it up: min(decay, (1 + step) / (10 + step)))
     mixed_precision: str = "auto"  # auto (fp16/bf16 on CUDA; fp32 on CPU, where bf16 measured slower), no, bf16, fp16
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = 1000  # diffusion steps of the training noise schedule
+    # linear: the paper's betas (DDPM); cosine: Nichol & Dhariwal's alpha_bar schedule ("squaredcos_cap_v2"), which
+    # destroys a small image's information less abruptly than the linear one. Training and sampling use the same one
+    noise_schedule: str = "linear"
+    # none: plain MSE (the paper's); min_snr: Min-SNR-gamma (Hang et al. 2023), the loss of each noise level
+    # weighted by min(SNR, gamma) / (SNR + 1) for v (/ SNR for epsilon): the low-noise levels, easy and
+    # conflicting with the rest, stop dominating the gradient; reported to converge ~3x faster
+    loss_weighting: str = "min_snr"
+    snr_gamma: float = 5.0  # Min-SNR's gamma (5 in the paper that proposed it)
     flips: bool = True  # random flips and 90-degree rotations (histology has no orientation)
     # channel: diffuse each RGB channel standardized with the training set's mean and std; none: [-1, 1] pixels as in
     # the paper. H&E patches are far from grey (mean ~(0.44, 0.05, 0.33) in [-1, 1]); an epsilon model trained for
@@ -91,7 +107,7 @@ class DiffusionParams:
     # epsilon: the paper's objective; v_prediction (Salimans & Ho 2022): well conditioned at high noise levels,
     # where a small epsilon model's x0 estimate is off by 1/sqrt(alpha_bar) times its error
     prediction_type: str = "v_prediction"
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # training steps between resumable checkpoints
     preview_every: int = 500  # a small sample grid (MLflow artifact) every N training steps; 0 = none
     # sampling and the generation plan (not part of the trained model's cache key)
     # DPM-Solver++ 20 reached DDIM-50's FID on the cpu preset's model (and 10 steps already did) at 2.6x the speed
@@ -128,11 +144,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         block_out_channels=(128, 256, 512, 512, 1024, 1024), layers_per_block=2, attention=False, norm_num_groups=32,
         steps=800_000,
         batch_size=32, lr=1e-4, ema_decay=0.9999, mixed_precision="fp16", checkpoint_every=10_000,
-        preview_every=20_000, normalize="none", prediction_type="epsilon", sample_batch_size=128, sampler="ddim",
+        preview_every=20_000, normalize="none", prediction_type="epsilon", loss_weighting="none",
+        sample_batch_size=128, sampler="ddim",
         sampling_steps=50,
         fid_max_per_class=5000,
     ),
 }
+
+# The cpu preset's training recipe before the time-to-quality benchmark chose a faster one: the reference of
+# `python -m benchmark perf --stages time_to_quality`, and selectable on any preset, e.g. on cpu with
+# --set method.steps=3000 method.lr=0.0005 method.noise_schedule=linear method.loss_weighting=none
+REFERENCE_RECIPE: dict[str, Any] = dict(steps=3000, lr=5e-4, noise_schedule="linear", loss_weighting="none")
+
+
+def reference_recipe(preset: str) -> dict[str, Any]:
+    """The fields that turn a preset's diffusion parameters into the reference recipe: all of ``REFERENCE_RECIPE``
+    on the cpu preset; on the others its objective (schedule, weighting) at the preset's own length and rate."""
+    if preset == "cpu":
+        return dict(REFERENCE_RECIPE)
+    return {k: v for k, v in REFERENCE_RECIPE.items() if k in ("noise_schedule", "loss_weighting")}
 
 
 def validate(p: DiffusionParams) -> None:
@@ -144,6 +174,9 @@ def validate(p: DiffusionParams) -> None:
         (p.sampler in ("ddim", "dpmpp"), "method.sampler", p.sampler, "ddim or dpmpp"),
         (p.plan in ("fill", "balance"), "method.plan", p.plan, "fill or balance"),
         (p.normalize in ("channel", "none"), "method.normalize", p.normalize, "channel or none"),
+        (p.noise_schedule in ("linear", "cosine"), "method.noise_schedule", p.noise_schedule, "linear or cosine"),
+        (p.loss_weighting in ("none", "min_snr"), "method.loss_weighting", p.loss_weighting, "none or min_snr"),
+        (p.snr_gamma > 0, "method.snr_gamma", p.snr_gamma, "> 0"),
         (p.prediction_type in ("epsilon", "v_prediction"), "method.prediction_type", p.prediction_type,
          "epsilon or v_prediction"),
         (p.mixed_precision in ("auto", "no", "bf16", "fp16"), "method.mixed_precision", p.mixed_precision,
@@ -405,11 +438,18 @@ class DiffusionModel:
         return self.unet(x, t, class_labels=z).sample
 
     # -- sampling
-    def scheduler(self, sampler: str):
-        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    def noise_scheduler(self):
+        """The training noise schedule (DDPM), which every sampler's schedule is built from."""
+        from diffusers import DDPMScheduler
 
-        ddpm = DDPMScheduler(num_train_timesteps=self.params.num_train_timesteps, beta_schedule="linear",
+        return DDPMScheduler(num_train_timesteps=self.params.num_train_timesteps,
+                             beta_schedule=BETA_SCHEDULES[self.params.noise_schedule],
                              prediction_type=self.params.prediction_type)
+
+    def scheduler(self, sampler: str):
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+        ddpm = self.noise_scheduler()
         if sampler == "ddim":
             return DDIMScheduler.from_config(ddpm.config, clip_sample_range=self.clip_range())
         return DPMSolverMultistepScheduler.from_config(ddpm.config, algorithm_type="dpmsolver++", solver_order=2)
@@ -461,15 +501,17 @@ class DiffusionModel:
         return out
 
 
-def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, stop_after: int | None = None) -> dict:
+def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, stop_after: int | None = None,
+                    observe: Callable[[int], None] | None = None, observe_every: int = 0) -> dict:
     """Train ``model`` on ``train`` (resuming from ``ckpt``), save the final weights, return training stats.
 
     ``stop_after`` ends training early after that many steps without saving final weights (an interruption).
+    ``observe(step)`` is called every ``observe_every`` steps (and after the last) with the EMA weights in
+    ``model``, which it may sample from (the time-to-quality benchmark); the training weights are restored after.
     """
     import time
 
     import torch
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
@@ -489,8 +531,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     lr_sched = get_cosine_schedule_with_warmup(optimizer, max(1, int(p.warmup_fraction * p.steps)), p.steps)
     unet, cond, optimizer, lr_sched = accelerator.prepare(model.unet, model.cond, optimizer, lr_sched)
     ema = EMAModel(params, decay=p.ema_decay, foreach=True) if p.ema else None
-    noise_sched = DDPMScheduler(num_train_timesteps=p.num_train_timesteps, beta_schedule="linear")
-    alphas = noise_sched.alphas_cumprod.to(device)
+    alphas = model.noise_scheduler().alphas_cumprod.to(device)
     # 2. data in memory as uint8; class-balanced sampling weights (1 / count(class))
     model.set_normalization(train.images)
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
@@ -529,7 +570,8 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
             z = cond(torch.tensor(lab, device=device), {k: torch.tensor(v, device=device) for k, v in cod.items()})
             pred = unet(noisy, t, class_labels=z).sample
         target = noise if p.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x
-        loss = torch.nn.functional.mse_loss(pred.float(), target)
+        per_image = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_image * loss_weights(alphas[t], p)).mean()
         value = loss.item()
         if not math.isfinite(value):
             return {"loss": value, "images": p.batch_size}
@@ -543,25 +585,36 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
             ema.step(params)
         if p.preview_every and (step + 1) % p.preview_every == 0:
             preview(step + 1)
+        if observe is not None and ((step + 1) % observe_every == 0 or step + 1 == p.steps):
+            with ema_weights():
+                observe(step + 1)
         return {"loss": value, "images": p.batch_size, "lr": lr_sched.get_last_lr()[0]}
 
     # periodic sample grids (EMA weights, a few DPM-Solver++ steps): how training is going, in MLflow
     preview_rows = _preview_conditions(train.metadata, model.classes, bool(p.attributes))
 
-    def preview(step: int) -> None:
-        from benchmark.reporting import sample_grid_png
-
+    @contextlib.contextmanager
+    def ema_weights():
+        """The EMA weights in the model for the duration (sampling mid-training), the training weights after."""
         if ema is not None:
             ema.store(params)
             ema.copy_to(params)
-        saved = model.params
         try:
-            model.params = replace(saved, sampler="dpmpp", sampling_steps=10, guidance_scale=1.0)
-            images = model.sample(preview_rows, ctx.device, seed=0)
+            yield
         finally:
-            model.params = saved
             if ema is not None:
                 ema.restore(params)
+
+    def preview(step: int) -> None:
+        from benchmark.reporting import sample_grid_png
+
+        saved = model.params
+        try:
+            with ema_weights():
+                model.params = replace(saved, sampler="dpmpp", sampling_steps=10, guidance_scale=1.0)
+                images = model.sample(preview_rows, ctx.device, seed=0)
+        finally:
+            model.params = saved
         png = sample_grid_png(images, preview_rows, f"{kind} at step {step} (EMA weights, DPM-Solver++ 10 steps)",
                               classes=model.classes)
         path = ctx.run_dir / "figures" / "training" / f"samples_step{step:07d}.png"
@@ -616,6 +669,19 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
 
 
 PRECISION_LABEL = {"no": "fp32"}
+
+
+def loss_weights(alpha_bar, p: DiffusionParams):
+    """Per-image weight of the denoising loss at noise level ``alpha_bar`` (a tensor): 1 for ``loss_weighting=none``;
+    Min-SNR-gamma otherwise, min(SNR, gamma) / (SNR + 1) for v-prediction and min(SNR, gamma) / SNR for epsilon,
+    SNR = alpha_bar / (1 - alpha_bar). Both forms equal Min-SNR's min(SNR, gamma) on the x0 loss."""
+    import torch
+
+    if p.loss_weighting == "none":
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = torch.clamp(snr, max=p.snr_gamma)
+    return clipped / (snr + 1) if p.prediction_type == "v_prediction" else clipped / snr
 
 
 def _preview_conditions(meta: pd.DataFrame, classes: list[str], with_sites: bool, n_sites: int = 4,

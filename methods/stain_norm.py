@@ -42,8 +42,7 @@ _RANGE_TOLERANCE = 0.5  # a normalized value outside [-0.5, 255.5] is out of ran
 class Params:
     """Hyperparameters of stain normalization (``--set method.<field>=...``)."""
 
-    # "macenko" (stain vectors + concentrations) or "reinhard" (LAB mean / std)
-    normalizer: str = tunable("macenko", choices=NORMALIZERS)
+    normalizer: str = tunable("macenko", choices=NORMALIZERS)  # macenko (stain vectors) or reinhard (LAB mean/std)
     reference_site: str = ""  # TSS code of the reference site; "" = the training site with the most patches
     reference_image: str = ""  # an RGB image file used as the reference instead of a training patch
     io: float = 240.0  # transmitted light intensity (Macenko's Io; also the tissue test of both normalizers)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
@@ -34,3 +36,19 @@ def test_perf_writes_json_and_markdown_with_ratios(tmp_path):
 def test_perf_names_a_bad_stage(tmp_path):
     proc = run_cli("perf", "--stages", "generate,warp", "--out", str(tmp_path / "p.json"), cwd=tmp_path)
     assert proc.returncode == 2 and "unknown 'warp'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_perf_suggests_the_stage_a_typo_meant(tmp_path):
+    proc = run_cli("perf", "--stages", "time_to_qualty", "--out", str(tmp_path / "p.json"), cwd=tmp_path)
+    assert proc.returncode == 2 and "did you mean 'time_to_quality'?" in proc.stderr
+
+
+@pytest.mark.slow
+def test_perf_workers_stage_times_two_workers_against_one(tmp_path):
+    out = tmp_path / "perf.json"
+    proc = run_cli("perf", "--preset", "smoke", "--stages", "workers", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())["stages"][0]
+    assert row["stage"] == "workers" and row["ours"] > 0 and row["reference"] > 0
+    assert abs(row["ratio"] - row["reference"] / row["ours"]) < 1e-9  # time: lower is better
+    assert "2 workers" in row["ours_label"] and "1 worker" in row["reference_label"]

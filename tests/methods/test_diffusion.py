@@ -237,14 +237,16 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(smoke
     params = tiny_params(steps=10, checkpoint_every=3, mixed_precision="no")
     model = DiffusionModel(params, list(task.classes),
                            Vocabulary.from_metadata(splits["train"].metadata, list(params.attributes)), 32)
-    real_mse = torch.nn.functional.mse_loss
+    import methods.diffusion as diffusion
+
+    real_weights = diffusion.loss_weights
     calls = {"n": 0}
 
-    def exploding(pred, target):
+    def exploding(alpha_bar, p):  # the loss turns NaN from the fifth step on
         calls["n"] += 1
-        return real_mse(pred, target) * (float("nan") if calls["n"] > 4 else 1.0)
+        return real_weights(alpha_bar, p) * (float("nan") if calls["n"] > 4 else 1.0)
 
-    monkeypatch.setattr(torch.nn.functional, "mse_loss", exploding)
+    monkeypatch.setattr(diffusion, "loss_weights", exploding)
     ckpt = Checkpoints(tmp_path / "nan")
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 4.*ckpt-00000003\.pt"):
         train_diffusion(model, splits["train"], ckpt, make_ctx(task, tmp_path))
