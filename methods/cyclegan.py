@@ -82,7 +82,7 @@ class Params:
     beta1: float = 0.5  # Adam beta1 (the reference's 0.5)
     beta2: float = 0.999  # Adam beta2
     batch_size: int = 32  # reference: 1
-    steps: int = 400  # training steps (time to quality: see REFERENCE_RECIPE)
+    steps: int = 400  # training steps (batches)
     decay_steps: int = 200  # the learning rate decays linearly to zero over the last decay_steps steps
     pool_size: int = 50  # history of translated images shown to the discriminator (0: none)
     flip: bool = True  # random horizontal flips of training patches (reference: on)

@@ -78,7 +78,7 @@ class DiffusionParams:
     # output's mean colour 100x less than with 8 groups; tests/methods/test_diffusion.py)
     norm_num_groups: int = 8
     # training
-    steps: int = 1500  # training steps (the cpu preset's before the time-to-quality benchmark: 3000, REFERENCE_RECIPE)
+    steps: int = 1500  # training steps (batches)
     batch_size: int = 32  # training images per step (class-balanced draws)
     lr: float = tunable(1e-3, low=1e-4, high=2e-3, log=True)  # peak AdamW learning rate (warm-up, then cosine decay)
     adam_beta1: float = 0.95  # AdamW betas and weight decay: the authors' values

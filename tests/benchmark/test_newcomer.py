@@ -52,7 +52,7 @@ def test_list_keys_follows_the_chosen_preset(capsys):
     assert re.search(r"probe\.min_group_size\s+int\s+4\s", _key_line(lines, "probe.min_group_size"))
     steps = METHODS.get("medi").default_params("smoke").steps
     assert steps != METHODS.get("medi").default_params("cpu").steps
-    assert re.search(rf"method\.steps\s+int\s+{steps}\s*$", _key_line(lines, "method.steps", "method (cls, medi)"))
+    assert re.search(rf"method\.steps\s+int\s+{steps}\s", _key_line(lines, "method.steps", "method (cls, medi)"))
     with pytest.raises(ConfigError, match=r"unknown preset 'smok' \(did you mean 'smoke'\?\); choose from: smoke"):
         cmd_list(argparse.Namespace(keys=True, preset="smok"))
 
