@@ -403,6 +403,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_syn = record["metrics"].get("train/n_synthetic") or 0
     print(f"train: {int(record['metrics'].get('train/n_real') or 0)} real + {int(n_syn)} synthetic patches")
     print(results_table(record))
+    if cfg.preset == "smoke":
+        print("smoke preset: tiny data and models that check the path end to end; these numbers (and their small-"
+              "sample FIDs) are not results. The cpu preset (the default without a GPU) gives results.")
     print(f"\nrun directory: {record['run_dir']}")
     ml = record.get("mlflow", {})
     print(f"MLflow run id: {ml.get('run_id')}  (experiment {ml.get('experiment')}, store {ml.get('tracking_uri')})")

@@ -57,6 +57,7 @@ def test_none_run_end_to_end_then_reused(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "test_unseen" in proc.stdout and "worst group" in proc.stdout and "shortcut gap" in proc.stdout
     assert "run directory:" in proc.stdout and "MLflow run id:" in proc.stdout
+    assert "smoke preset:" in proc.stdout and "not results" in proc.stdout  # a smoke run says what it is
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 1
     rec = records[0]

@@ -249,11 +249,27 @@ def test_evaluate_method_compares_synthetic_and_real_images_of_the_same_rows(no_
     assert metrics["fid/fbank/B"] > 0.01
     assert not any(k.startswith("fid/inception") for k in metrics)
     notes = ctx.report["fid"]["notes"]
-    assert any("inception space left out" in n and fid.INCEPTION_FILE in n for n in notes)
+    left_out = [n for n in notes if "inception space left out" in n]
+    assert len(left_out) == 1 and fid.INCEPTION_FILE in left_out[0] and len(left_out[0]) < 120  # one short line
     assert any("B: 12 real / 12 synthetic images for 222 feature dimensions" in n for n in notes)
     again = Echo(split, darken_b=True, cap=20)
     fid.evaluate_method(again, split, ProbeConfig(), ctx, cfg=fid.FidConfig(bootstrap=2, inception="off"))
     assert again.seen["slide_id"].tolist() == method.seen["slide_id"].tolist()
+
+
+def test_small_sample_notes_are_quiet_on_the_smoke_preset_and_warnings_elsewhere(no_inception, tmp_path, caplog):
+    import logging
+
+    split = heldout_split()
+    levels = {}
+    for preset in ("smoke", "cpu"):
+        ctx = Context(device="cpu", preset=preset, seed=4, task=None, run_dir=tmp_path, cache_dir=tmp_path)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="benchmark.fid"):
+            fid.evaluate_method(Echo(split, darken_b=True, cap=20), split, ProbeConfig(), ctx,
+                                cfg=fid.FidConfig(bootstrap=2, inception="off"))
+        levels[preset] = {r.levelname for r in caplog.records if "feature dimensions" in r.getMessage()}
+    assert levels == {"smoke": {"INFO"}, "cpu": {"WARNING"}}
 
 
 def test_inception_on_without_weights_fails_loudly(no_inception, tmp_path):
