@@ -1012,7 +1012,7 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid #e
 @media print {
   body { max-width: none; padding: 0; font-size: 9pt; }
   h2 { border-top: none; margin-top: 0; }
-  section.task { break-before: page; }
+  section.task + section.task { break-before: page; }  /* the first task follows the contents on page 1 */
   .table-wrap { overflow: visible; }
   table { font-size: 7.6pt; width: 100%; }
   th, td { padding: .15rem .3rem; }
