@@ -34,6 +34,20 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: without this a power cut after ``os.replace`` may lose the new name."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A binary file handle whose content appears at ``path`` only if the block finishes (temp file + rename)."""
@@ -47,6 +61,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -54,7 +69,8 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[str]:
-    """A temporary path for libraries that write by file name; renamed to ``path`` if the block finishes."""
+    """A temporary path for libraries that write by file name; its content is flushed to disk and renamed to
+    ``path`` if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -62,7 +78,13 @@ def atomic_path(path: Path) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -109,9 +109,13 @@ def load_record(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict) or "metrics" not in record:
+        log.warning("%s is not a run record (a JSON object with metrics); the run will be computed again", path)
+        return None
+    return record
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,6 +252,12 @@ def run_one(
     uri = tracking.tracking_uri(results_dir)
     tracking.check_reachable(uri)
     with _RunLock(run_dir):
+        if not force:  # another process may have finished this run between the check above and the lock
+            record = load_record(run_dir)
+            if record is not None:
+                tracking.append_record(results_dir, record, if_missing=True)
+                record["reused"] = True
+                return record
         (run_dir / "record.json").unlink(missing_ok=True)
         return _run_locked(cfg, results_dir, run_dir, progress, tags)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
@@ -169,16 +172,27 @@ def append_record(results_dir: Path, record: dict, if_missing: bool = False) -> 
 
 
 def read_records(results_dir: Path) -> list[dict]:
-    """Every complete line of results.jsonl (a torn last line from a crash is ignored)."""
+    """Every record of results.jsonl. A torn last line (a crash while appending) is skipped quietly; any other line
+    that is not a JSON object is skipped with a warning naming the file and line (the run's own ``record.json``
+    still holds it)."""
     path = results_dir / "results.jsonl"
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        elif not (number == len(lines) and not text.endswith("\n")):  # a torn last line is expected after a crash
+            log.warning("%s line %d is not a run record; skipped (its run directory's record.json is the source)",
+                        path, number)
     return out
 
 

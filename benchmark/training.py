@@ -116,6 +116,24 @@ class Checkpoints:
         except Exception as exc:  # truncated or foreign file
             raise TrainingError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from None
 
+    def newest_readable(self) -> tuple[Path, dict] | None:
+        """(path, state) of the newest checkpoint that loads; an unreadable newer one (a disk error, a file damaged
+        after it was written) is renamed ``*.unreadable`` with a warning and the one before it is used. None when
+        there is no checkpoint; TrainingError when there are some and none loads."""
+        tried = []
+        for _step, path in sorted(self._all(), reverse=True):
+            try:
+                return path, self.load(path)
+            except TrainingError as exc:
+                tried.append(str(path))
+                bad = path.with_name(path.name + ".unreadable")
+                path.replace(bad)
+                log.warning("%s; kept as %s, trying the previous checkpoint", exc, bad.name)
+        if tried:
+            raise TrainingError(f"no readable checkpoint in {self.folder} (tried {', '.join(tried)}; kept as "
+                                "*.unreadable); delete the folder to start over")
+        return None
+
     def save_final(self, tensors: dict, meta: dict) -> None:
         """The trained weights (safetensors) and a done marker; checkpoints are then removed."""
         from safetensors.torch import save_file
@@ -159,14 +177,14 @@ def train_loop(
 
     from benchmark import interrupts
 
-    # 1. resume
+    # 1. resume from the newest readable checkpoint
     start = 0
-    latest = checkpoints.latest()
-    if latest is not None:
-        state = checkpoints.load(latest[1])
+    found = checkpoints.newest_readable()
+    if found is not None:
+        path, state = found
         set_state(state)
         start = int(state["step"])
-        log.info("%s: resuming from %s (step %d of %d)", desc, latest[1].name, start, total_steps)
+        log.info("%s: resuming from %s (step %d of %d)", desc, path.name, start, total_steps)
     # 2. the loop
     bar = tqdm(total=total_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     t_last, images_since, loss_sum, n_loss = time.time(), 0, 0.0, 0

@@ -1,0 +1,139 @@
+"""Nothing lost: writes reach the disk before they count, and a damaged newest checkpoint costs one checkpoint's
+worth of steps, not the run."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+
+from benchmark import cache
+from benchmark.training import Checkpoints, TrainingError, train_loop
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Every os.fsync call: (is the descriptor a directory, its path)."""
+    calls = []
+    real = os.fsync
+
+    def recording(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
+        calls.append((os.path.isdir(path), path))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    return calls
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name descriptors")
+@pytest.mark.parametrize("writer", ["atomic_file", "atomic_path"])
+def test_atomic_writes_fsync_the_file_and_then_its_folder(tmp_path, fsyncs, writer):
+    target = tmp_path / "sub" / "out.bin"
+    if writer == "atomic_file":
+        with cache.atomic_file(target) as fh:
+            fh.write(b"data")
+    else:
+        with cache.atomic_path(target) as tmp:
+            with open(tmp, "wb") as fh:  # a library writing by name, without fsync of its own
+                fh.write(b"data")
+    assert target.read_bytes() == b"data"
+    files = [p for is_dir, p in fsyncs if not is_dir]
+    dirs = [p for is_dir, p in fsyncs if is_dir]
+    assert files and all(".out.bin." in p for p in files)  # the temporary file, before the rename
+    assert dirs == [str(target.parent)]  # the rename itself, after
+    assert not list(target.parent.glob(".out.bin.*"))
+
+
+def _loop(folder, total, stop_after=None, seen=None):
+    state = {"w": torch.zeros(1)}
+
+    def step_fn(step):
+        state["w"] += 1
+        if seen is not None:
+            seen.append(step)
+        return {"loss": 1.0, "images": 1}
+
+    reached = train_loop(checkpoints=Checkpoints(folder), total_steps=total, step_fn=step_fn,
+                         get_state=lambda: {"w": state["w"].clone()}, set_state=lambda s: state.update(w=s["w"]),
+                         checkpoint_every=2, desc="t", progress=False, stop_after=stop_after)
+    return reached, state
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, caplog):
+    folder = tmp_path / "ckpt"
+    _loop(folder, 10, stop_after=5)  # checkpoints at steps 2 and 4 (keep=2)
+    ckpts = Checkpoints(folder)
+    newest = ckpts.latest()
+    assert newest[0] == 4
+    newest[1].write_bytes(b"damaged")
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="benchmark.training"):
+        reached, state = _loop(folder, 10, seen=seen)
+    assert reached == 10 and seen[0] == 2 and float(state["w"]) == 10  # steps 2..9 redone, nothing else lost
+    assert (folder / "ckpt-00000004.pt.unreadable").is_file()  # kept for a look, out of the way
+    assert any("ckpt-00000004.pt is unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_no_readable_checkpoint_at_all_is_one_clear_error(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "ckpt-00000002.pt").write_bytes(b"x")
+    (folder / "ckpt-00000004.pt").write_bytes(b"y")
+    with pytest.raises(TrainingError, match=r"no readable checkpoint in .*ckpt.*delete the folder"):
+        _loop(folder, 10)
+
+
+@pytest.fixture(scope="module")
+def none_cfg():
+    from benchmark.registry import load_plugins
+    from benchmark.runner import build_config
+
+    load_plugins()
+    return build_config("none", "nsclc", "smoke", 0, "cpu", ["probe.bootstrap=0"])
+
+
+def test_a_run_finished_by_another_process_while_this_one_waited_is_kept(tmp_path, none_cfg, monkeypatch):
+    from benchmark import runner
+
+    first = runner.run_one(none_cfg, tmp_path, progress=False)
+    run_dir = runner.run_dir_for(none_cfg, tmp_path)
+    done = (run_dir / "record.json").read_bytes()
+    (run_dir / "record.json").unlink()  # as it was when this process looked: unfinished
+    real_enter = runner._RunLock.__enter__
+
+    def other_process_finishes_first(self):
+        (run_dir / "record.json").write_bytes(done)  # ... and it finished before this process got the lock
+        return real_enter(self)
+
+    monkeypatch.setattr(runner._RunLock, "__enter__", other_process_finishes_first)
+    second = runner.run_one(none_cfg, tmp_path, progress=False)
+    assert second.get("reused") and second["mlflow"]["run_id"] == first["mlflow"]["run_id"]
+    assert (run_dir / "record.json").read_bytes() == done  # not deleted, not recomputed
+
+
+def test_a_record_that_is_not_a_json_object_is_recomputed_with_a_warning(tmp_path, none_cfg, caplog):
+    from benchmark import runner
+
+    run_dir = runner.run_dir_for(none_cfg, tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / "record.json").write_text("[1, 2]")
+    with caplog.at_level(logging.WARNING, logger="benchmark"):
+        record = runner.run_one(none_cfg, tmp_path, progress=False)
+    assert not record.get("reused") and "test_unseen/balanced_accuracy" in record["metrics"]
+    assert any("is not a run record" in r.getMessage() and "record.json" in r.getMessage() for r in caplog.records)
+
+
+def test_results_jsonl_skips_a_torn_last_line_quietly_and_names_a_bad_line_elsewhere(tmp_path, caplog):
+    from benchmark.tracking import read_records
+
+    good = '{"run_id": "a", "metrics": {}}'
+    torn = '{"run_id": "c", "me'
+    (tmp_path / "results.jsonl").write_text(f'{good}\n[1, 2]\nnot json\n{good.replace("a", "b")}\n{torn}')
+    with caplog.at_level(logging.WARNING, logger="benchmark.tracking"):
+        records = read_records(tmp_path)
+    assert [r["run_id"] for r in records] == ["a", "b"]
+    named = sorted(r.getMessage() for r in caplog.records)
+    assert len(named) == 2 and "results.jsonl line 2 " in named[0] and "results.jsonl line 3 " in named[1]
