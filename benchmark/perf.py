@@ -533,7 +533,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    from benchmark.threads import usable_cores
+
+    return {"cpu": cpu, "cores": usable_cores(), "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform()}
 
 
