@@ -24,7 +24,7 @@ import torch
 
 from benchmark import __version__, interrupts, stats
 from benchmark import metrics as M
-from benchmark.cache import atomic_write_json, cached_array, pid_alive
+from benchmark.cache import atomic_write_json, cached_array
 from benchmark.config import PRESETS, ConfigError, RunConfig, default_preset, parse_overrides, resolve
 from benchmark.data import Split
 from benchmark.encoders import Encoder, build_encoder
@@ -190,42 +190,48 @@ class Probe:
 # the run
 
 
+class RunBusy(RunError):
+    """Another process holds the run's lock: it is computing this very run."""
+
+
 class _RunLock:
-    """An exclusive claim on a run directory (a file created with O_EXCL holding host and PID)."""
+    """An exclusive claim on a run directory: ``flock`` on ``<run_dir>/.lock``.
+
+    The operating system releases the lock when its holder dies, however it dies (and the file server does for a
+    dead host, on file systems whose locks work across hosts, NFSv4 among them), so a crashed run never blocks the
+    next attempt, a reused PID cannot pass for the owner, and there is no stale lock to remove and no race in
+    removing it. The file's text names the holder (host and PID) for the message."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
+        self.handle = None
 
     def __enter__(self) -> _RunLock:
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
-                os.close(fd)
-                return self
-            except FileExistsError:
-                if not self._stale():
-                    raise RunError(
-                        f"run {self.path.parent} is being computed by another process ({self._owner()})"
-                    ) from None
-                self.path.unlink(missing_ok=True)
-        raise RunError(f"could not claim {self.path}")
-
-    def _owner(self) -> str:
+        handle = open(self.path, "a+")  # noqa: SIM115 (held until __exit__)
         try:
-            return self.path.read_text()
-        except OSError:
-            return "?"
-
-    def _stale(self) -> bool:
-        host, _, pid = self._owner().partition(" ")
-        if host != socket.gethostname() or not pid.isdigit():
-            return False
-        return not pid_alive(int(pid))
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            handle.close()
+            raise RunBusy(f"run {self.path.parent} is being computed by another process ({owner})") from None
+        handle.truncate(0)
+        handle.write(f"{socket.gethostname()} {os.getpid()}")
+        handle.flush()
+        self.handle = handle
+        return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.path.unlink(missing_ok=True)
+        import fcntl
+
+        if self.handle is not None:
+            self.handle.truncate(0)
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 def run_one(

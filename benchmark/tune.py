@@ -314,12 +314,9 @@ def _run(cfg: RunConfig, out: Path, tags: dict[str, str], echo: Callable[..., No
     while True:
         try:
             return runner.run_one(cfg, out, progress=False, tags=tags)
-        except runner.RunError:
-            lock = runner.run_dir_for(cfg, out) / ".lock"
-            if not lock.exists():
-                raise
+        except runner.RunBusy as busy:
             if not waited:
-                echo(f"waiting: another process is computing {cfg.name} ({lock})")
+                echo(f"waiting: {busy}")
                 waited = True
             time.sleep(WAIT_SECONDS)
 

@@ -137,3 +137,46 @@ def test_results_jsonl_skips_a_torn_last_line_quietly_and_names_a_bad_line_elsew
     assert [r["run_id"] for r in records] == ["a", "b"]
     named = sorted(r.getMessage() for r in caplog.records)
     assert len(named) == 2 and "results.jsonl line 2 " in named[0] and "results.jsonl line 3 " in named[1]
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from benchmark.runner import _RunLock
+with _RunLock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from benchmark.runner import RunBusy, _RunLock
+    from tests.conftest import ROOT
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunBusy, match=rf"being computed by another process \({socket.gethostname()} "
+                                          rf"{holder.pid}\)"):
+            with _RunLock(tmp_path):
+                pass
+        holder.send_signal(signal.SIGKILL)  # no clean-up runs: the OS drops the lock with the process
+        holder.wait(timeout=30)
+        with _RunLock(tmp_path):
+            assert (tmp_path / ".lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
+    finally:
+        holder.kill()
+
+
+def test_a_lock_file_left_by_a_dead_host_does_not_block_the_run(tmp_path):
+    from benchmark.runner import _RunLock
+
+    (tmp_path / ".lock").write_text("a-host-that-died 4242")  # what a crashed machine leaves behind
+    with _RunLock(tmp_path):
+        pass
