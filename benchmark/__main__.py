@@ -7,6 +7,7 @@ inside the commands, so ``--help`` and ``list`` stay fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import sys
@@ -17,6 +18,9 @@ from benchmark.perf import STAGES as PERF_STAGES
 
 EXIT_USAGE = 2  # a bad name, preset, device or --set key
 EXIT_FAILED = 1  # bad data, an unreachable tracking server, a failed run
+# the machine, not the code: a full disk or quota, no permission, a read-only file system (a one-line message)
+ENVIRONMENT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS")
+                               if hasattr(errno, n))
 
 DESCRIPTION = """\
 MeDiBench: how well do augmentation strategies protect histopathology classifiers from shortcut learning
@@ -598,6 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(interrupted_message(args.command, interrupts.kept_since(started)), file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror or exc}; what finished before is kept (a run without its "
+              "record.json is redone by the same command)", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # a user-facing failure: data, tracking, run
         if _is_user_error(exc):
             print(f"error: {exc}", file=sys.stderr)

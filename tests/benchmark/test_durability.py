@@ -180,3 +180,29 @@ def test_a_lock_file_left_by_a_dead_host_does_not_block_the_run(tmp_path):
     (tmp_path / ".lock").write_text("a-host-that-died 4242")  # what a crashed machine leaves behind
     with _RunLock(tmp_path):
         pass
+
+
+def test_a_full_disk_while_writing_the_record_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from benchmark import runner
+    from benchmark.__main__ import main
+    from benchmark.tracking import read_records
+
+    real = runner.atomic_write_json
+
+    def disk_full(path, obj):
+        if path.name == "record.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, obj)
+
+    args = ["run", "--method", "none", "--task", "nsclc", "--preset", "smoke", "--out", str(tmp_path),
+            "--no-progress", "--set", "probe.bootstrap=0"]
+    monkeypatch.setattr(runner, "atomic_write_json", disk_full)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot write ") and "record.json: No space left on device" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert read_records(tmp_path) == [] and not list(tmp_path.glob("runs/*/*/*/record.json"))  # no half record
+    monkeypatch.setattr(runner, "atomic_write_json", real)  # space again: the same command finishes the run
+    assert main(args) == 0 and len(read_records(tmp_path)) == 1
