@@ -616,9 +616,9 @@ def time_to_quality_png(rows: list[dict], record: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {"fid": "FID (default encoder), lower is better", "delta_e": "delta-E to the site's colour, lower is "
-              "better", "site_fidelity": "site fidelity", "class_fidelity_counterfactual": "class fidelity, "
-              "counterfactual cells"}
+    titles = {"fid": "FID (default encoder, log scale), lower is better",
+              "delta_e": "delta-E to the site's colour, lower is better", "site_fidelity": "site fidelity",
+              "class_fidelity_counterfactual": "class fidelity, counterfactual cells"}
     panels = ("fid", "delta_e", "site_fidelity", "class_fidelity_counterfactual")
     fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.6 * len(panels), 2.9 * len(rows)), squeeze=False)
     for i, row in enumerate(rows):
@@ -630,6 +630,8 @@ def time_to_quality_png(rows: list[dict], record: dict) -> bytes:
                 pts = row["extra"]["curves"][who]
                 label = "reference recipe" if who == "reference" else "this preset's recipe"
                 ax.plot([p["seconds"] / 60 for p in pts], [p[measure] for p in pts], label=label, ms=4, **style)
+            if measure == "fid":
+                ax.set_yscale("log")  # the first points of a fresh model are an order of magnitude off
             if measure == row["extra"]["measure"]:
                 ax.axhline(row["extra"]["target"], color="0.45", lw=0.8, ls=":")
                 ax.legend(fontsize=7)
