@@ -503,7 +503,7 @@ def evaluate_method(
             warnings.simplefilter("ignore", SmallSampleWarning)  # collected in result.warnings instead
             result = fid_per_class(module, real, fake, labels, cfg=cfg, seed=ctx.seed, space=module.space)
         for note in result.warnings:  # on the smoke preset, small samples are the point: its notice says so
-            log.log(logging.INFO if ctx.preset == "smoke" else logging.WARNING, "%s", note)
+            log.log(logging.DEBUG if ctx.preset == "smoke" else logging.WARNING, "%s", note)
         notes += result.warnings
         metrics.update(result.metrics())
         log.info("FID [%s] mean %.3f (%s)", result.space, result.mean["fid"],

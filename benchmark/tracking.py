@@ -61,7 +61,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    import logging
+    # mlflow sets its loggers' level from this when it is imported ("Creating initial MLflow database tables...")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
