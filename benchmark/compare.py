@@ -75,6 +75,13 @@ def _conditions(meta: pd.DataFrame, classes: list[str], sites: list[str], n: int
     return out.reset_index(drop=True)
 
 
+def site_centres(images: np.ndarray, sites: pd.Series) -> pd.DataFrame:
+    """Each site's mean colour (CIELAB, one row per site) over its patches: what the site's staining looks like."""
+    from methods.stain_norm import mean_lab
+
+    return pd.DataFrame(mean_lab(images)).groupby(sites.astype(str).to_numpy()).mean()
+
+
 def colour_match(images: np.ndarray, target_sites: np.ndarray, centres: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per image: delta-E to its target site's real mean colour, and whether that site is the nearest centre."""
     from methods.stain_norm import mean_lab
@@ -103,7 +110,6 @@ def compare(
     from benchmark.registry import METHODS, TASKS
     from benchmark.reporting import grid_png, mosaic
     from benchmark.runner import build_config
-    from methods.stain_norm import mean_lab
 
     cache_dir = results_dir / "cache"
     cfgs = {m: build_config(m, task_name, preset, seed, device, overrides) for m in ("cls", "medi")}
@@ -129,8 +135,7 @@ def compare(
     images = {name: method.synthesize(cond, ctx) for name, (method, ctx) in models.items()}
 
     # colour match against every training site's real mean colour
-    lab = mean_lab(np.asarray(train.images))
-    centres = pd.DataFrame(lab).groupby(meta["tissue_source_site"].astype(str).to_numpy()).mean()
+    centres = site_centres(np.asarray(train.images), meta["tissue_source_site"])
     targets = cond["tissue_source_site"].astype(str).to_numpy()
     scores = {name: colour_match(images[name], targets, centres) for name in images}
     have = meta.groupby(["cancer_type", "tissue_source_site"]).size()

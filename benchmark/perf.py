@@ -378,21 +378,21 @@ def stage_time_to_quality(preset: str, results: Path, methods: list[str] | None 
                  ("class_fidelity_counterfactual", "counterfactual class fidelity"))
         note += "; at the end, ours vs reference: " + ", ".join(
             f"{label} {final[m]:.2f} vs {ref_final[m]:.2f}" for m, label in shown if math.isfinite(final[m]))
-        differs = {k: v for k, v in asdict(ours_params).items() if asdict(ref_params)[k] != v}
+        ours_fields, ref_fields = asdict(ours_params), asdict(ref_params)
+        differs = [k for k, v in ours_fields.items() if ref_fields[k] != v]
         rows.append(Row(
             f"time_to_quality:{kind}", "s", reached, ref_final["seconds"],
-            f"{kind}, this preset's recipe ({_recipe_label(ours_params, differs)})",
-            f"{kind}, reference recipe ({_recipe_label(ref_params, differs)}), to its final {name}",
+            f"{kind}, this preset's recipe ({_recipe_label(ours_fields, differs)})",
+            f"{kind}, reference recipe ({_recipe_label(ref_fields, differs)}), to its final {name}",
             note=note,
             extra={"measure": measure, "target": target, "curves": {"ours": curve, "reference": ref_curve},
-                   "recipe": {k: [asdict(ref_params)[k], v] for k, v in differs.items()},
+                   "recipe": {k: [ref_fields[k], ours_fields[k]] for k in differs},
                    "train_seconds": {"ours": final["seconds"], "reference": ref_final["seconds"]}},
         ))
     return rows
 
 
-def _recipe_label(params, fields: dict) -> str:
-    values = asdict(params)
+def _recipe_label(values: dict[str, Any], fields: list[str]) -> str:
     return ", ".join(f"{k} {values[k]}" for k in fields) or "same"
 
 

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from benchmark.compare import FidelityProbes, _conditions, pick_sites
+from benchmark.compare import FidelityProbes, _conditions, colour_match, pick_sites, site_centres
 from benchmark.data import Split
 
 MEASURES = ("fid", "delta_e", "class_fidelity", "class_fidelity_counterfactual", "site_fidelity",
@@ -46,8 +45,6 @@ class SampleQuality:
 
     def __init__(self, train: Split, classes: list[str], n_fid: int = 192, sites_per_class: int = 3,
                  per_cell: int = 12, seed: int = 0):
-        from methods.stain_norm import mean_lab
-
         meta = train.metadata.reset_index(drop=True)
         images = np.asarray(train.images)
         real = np.flatnonzero(~meta["is_synthetic"].astype(bool).to_numpy())
@@ -62,10 +59,7 @@ class SampleQuality:
         seen = set(zip(meta["cancer_type"].astype(str), meta["tissue_source_site"].astype(str), strict=True))
         self.counterfactual = np.array([(c, s) not in seen for c, s in zip(
             self.cond["cancer_type"].astype(str), self.cond["tissue_source_site"].astype(str), strict=True)])
-        # each site's mean colour (CIELAB) over its real training patches: what a site's staining looks like
-        lab = mean_lab(images[real])
-        centres = pd.DataFrame(lab).groupby(real_meta["tissue_source_site"].astype(str).to_numpy()).mean()
-        self.site_colour = centres.loc[self.cond["tissue_source_site"].astype(str)].to_numpy()
+        self.site_colours = site_centres(images[real], real_meta["tissue_source_site"])
         self.seed = seed
 
     def measure(self, model, device: str = "cpu") -> dict[str, float]:
@@ -76,10 +70,11 @@ class SampleQuality:
     def score(self, fid_images: np.ndarray, cond_images: np.ndarray) -> dict[str, float]:
         """Measures of images generated for ``fid_rows`` and for ``cond`` (in their row order)."""
         from benchmark.fid import frechet_distance
-        from methods.stain_norm import mean_lab
 
+        delta_e, _ = colour_match(cond_images, self.cond["tissue_source_site"].astype(str).to_numpy(),
+                                  self.site_colours)
         out = {"fid": frechet_distance(self.real_features, self.probes.encoder.embed(fid_images)),
-               "delta_e": float(np.linalg.norm(mean_lab(cond_images) - self.site_colour, axis=1).mean())}
+               "delta_e": float(delta_e.mean())}
         for key, hits in self.probes.score(cond_images, self.cond).items():
             out[key] = float(hits.mean())
             out[f"{key}_counterfactual"] = float(hits[self.counterfactual].mean()) if self.counterfactual.any() \

@@ -248,24 +248,29 @@ def run_one(
     results_dir = Path(results_dir)
     run_dir = run_dir_for(cfg, results_dir)
     # 1. reuse a finished run
-    if not force:
-        record = load_record(run_dir)
-        if record is not None:
-            tracking.append_record(results_dir, record, if_missing=True)
-            record["reused"] = True
-            return record
+    if not force and (record := _reuse(run_dir, results_dir)) is not None:
+        return record
     # 2. fail early: the tracking store must be reachable before any work starts
     uri = tracking.tracking_uri(results_dir)
     tracking.check_reachable(uri)
     with _RunLock(run_dir):
-        if not force:  # another process may have finished this run between the check above and the lock
-            record = load_record(run_dir)
-            if record is not None:
-                tracking.append_record(results_dir, record, if_missing=True)
-                record["reused"] = True
-                return record
+        # another process may have finished this run between the check above and the lock
+        if not force and (record := _reuse(run_dir, results_dir)) is not None:
+            return record
         (run_dir / "record.json").unlink(missing_ok=True)
         return _run_locked(cfg, results_dir, run_dir, progress, tags)
+
+
+def _reuse(run_dir: Path, results_dir: Path) -> dict | None:
+    """The finished record of ``run_dir`` marked ``reused`` (and listed in results.jsonl if it was not), or None."""
+    from benchmark import tracking
+
+    record = load_record(run_dir)
+    if record is None:
+        return None
+    tracking.append_record(results_dir, record, if_missing=True)
+    record["reused"] = True
+    return record
 
 
 def _run_locked(
