@@ -18,9 +18,10 @@ from benchmark.perf import STAGES as PERF_STAGES
 
 EXIT_USAGE = 2  # a bad name, preset, device or --set key
 EXIT_FAILED = 1  # bad data, an unreachable tracking server, a failed run
-# the machine, not the code: a full disk or quota, no permission, a read-only file system (a one-line message)
-ENVIRONMENT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS")
-                               if hasattr(errno, n))
+# the machine, not the code: a full disk, quota or file-size limit, no permission, a read-only file system
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EACCES", "EPERM", "EROFS") if hasattr(errno, n)
+)
 
 DESCRIPTION = """\
 MeDiBench: how well do augmentation strategies protect histopathology classifiers from shortcut learning

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,12 +49,42 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# A temporary file is named ``.<name>~<host>~<pid>~<random>.tmp``: a process killed while writing it (SIGKILL, a
+# power cut) leaves it behind, and its name says whose it was, so a later run removes it once that process is gone.
+_TEMP_SUFFIX = ".tmp"
+
+
+def _host() -> str:
+    return socket.gethostname().replace("~", "-")
+
+
+def _mkstemp(path: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}~{_host()}~{os.getpid()}~", suffix=_TEMP_SUFFIX)
+
+
+def remove_orphan_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files under ``folder`` left by processes of this host that no longer exist (killed while
+    writing); a live writer's files and other hosts' are left alone. Returns the paths removed."""
+    removed: list[Path] = []
+    host = _host()
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if not (name.startswith(".") and name.endswith(_TEMP_SUFFIX)) or name.count("~") < 3:
+                continue
+            _, owner_host, pid, _ = name.rsplit("~", 3)
+            if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
+                path = Path(root) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A binary file handle whose content appears at ``path`` only if the block finishes (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp(path)
     os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results are meant to be read by others
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -62,9 +93,20 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(exc, tmp, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(exc: OSError, tmp: str, path: Path) -> OSError:
+    """A failed write (a full disk: ENOSPC, a file size limit: EFBIG) as the OSError of ``path``, the file the user
+    knows, rather than of its temporary name or of no file (write errors carry none)."""
+    if exc.filename not in (None, tmp) or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 @contextmanager
@@ -73,7 +115,7 @@ def atomic_path(path: Path) -> Iterator[str]:
     ``path`` if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp(path)
     os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
@@ -85,6 +127,9 @@ def atomic_path(path: Path) -> Iterator[str]:
             os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(exc, tmp, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

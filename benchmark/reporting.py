@@ -1144,10 +1144,10 @@ def write_pdf(html: str, path: Path) -> Path:
         logging.getLogger(name).setLevel(logging.ERROR)
     from weasyprint import HTML
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    HTML(string=html).write_pdf(str(tmp))
-    tmp.replace(path)
+    from benchmark.cache import atomic_path
+
+    with atomic_path(path) as tmp:
+        HTML(string=html).write_pdf(tmp)
     return path
 
 

@@ -24,7 +24,7 @@ import torch
 
 from benchmark import __version__, interrupts, stats
 from benchmark import metrics as M
-from benchmark.cache import atomic_write_json, cached_array
+from benchmark.cache import atomic_write_json, cached_array, remove_orphan_temps
 from benchmark.config import PRESETS, ConfigError, RunConfig, default_preset, parse_overrides, resolve
 from benchmark.data import Split
 from benchmark.encoders import Encoder, build_encoder
@@ -34,6 +34,8 @@ from benchmark.registry import ENCODERS, METHODS, TASKS, load_plugins
 
 log = logging.getLogger("benchmark")
 RECORD_SCHEMA = 2  # 2: replicate seeds, per-run patient-bootstrap intervals, groups counted in patients
+# Written after the run's MLflow run is closed: a record without it belongs to a process killed in between.
+MLFLOW_CLOSED = ".mlflow-closed"
 
 
 class RunError(RuntimeError):
@@ -258,6 +260,9 @@ def run_one(
         if not force and (record := _reuse(run_dir, results_dir)) is not None:
             return record
         (run_dir / "record.json").unlink(missing_ok=True)
+        (run_dir / MLFLOW_CLOSED).unlink(missing_ok=True)
+        for path in remove_orphan_temps(results_dir):  # files half-written by killed processes
+            log.info("removed %s, left by a killed process", path)
         return _run_locked(cfg, results_dir, run_dir, progress, tags)
 
 
@@ -269,6 +274,14 @@ def _reuse(run_dir: Path, results_dir: Path) -> dict | None:
     if record is None:
         return None
     tracking.append_record(results_dir, record, if_missing=True)
+    mlflow_run = record.get("mlflow") or {}
+    closed = run_dir / MLFLOW_CLOSED
+    if not closed.is_file() and mlflow_run.get("tracking_uri") == tracking.tracking_uri(results_dir):
+        try:
+            tracking.close_recorded_run(mlflow_run["tracking_uri"], mlflow_run["run_id"], run_dir / "record.json")
+        except Exception as exc:  # the record is the result; the tracking store is a view of it
+            log.warning("could not close MLflow run %s of %s: %s", mlflow_run.get("run_id"), run_dir.name, exc)
+        closed.touch()
     record["reused"] = True
     return record
 
@@ -293,6 +306,7 @@ def _run_locked(
         "git_commit": commit,
         "run_hash": run_dir.name.rsplit("-", 1)[-1],
         "data_source": cfg.data.source,
+        "run_dir": str(run_dir.resolve()),
     }
     tracker = tracking.Tracker(results_dir, f"medibench-{cfg.task}", cfg.name, tags, cfg.flat())
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
@@ -339,6 +353,7 @@ def _run_locked(
     tracking.append_record(results_dir, record)
     tracker.log_artifact(run_dir / "record.json")
     tracker.finish("FINISHED")
+    (run_dir / MLFLOW_CLOSED).touch()
     record["reused"] = False
     return record
 

@@ -79,11 +79,26 @@ def _client(uri: str, results_dir: Path):
     with open(results_dir / ".mlflow-init.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            database = Path(uri[len("sqlite:///") :])
+            if not database.is_file():
+                _create_store(database)
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)  # creates and migrates the store if needed
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return client
+
+
+def _create_store(database: Path) -> None:
+    """A new sqlite store, its tables created under a temporary name and renamed into place: a process killed
+    during MLflow's migrations (they are not one transaction in SQLite) leaves a temporary file, never a store that
+    every later run fails on (``table _alembic_tmp_... already exists``)."""
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.cache import atomic_path
+
+    with atomic_path(database) as tmp:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
 
 
 class Tracker:
@@ -108,9 +123,28 @@ class Tracker:
         else:
             exp_id = exp.experiment_id
         self.experiment = experiment
+        self.experiment_id = exp_id
+        if tags.get("run_dir"):
+            self._close_orphans(tags["run_dir"])
         self.run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id = self.run.info.run_id
         self.log_params(params)
+
+    def _close_orphans(self, run_dir: str) -> None:
+        """Mark KILLED the MLflow runs of this run directory still RUNNING: their process was killed (SIGKILL, a
+        dead machine) before it could say so. Only called while holding the run's lock, so none of them is alive."""
+        from mlflow.entities import ViewType
+
+        name = run_dir.rsplit("-", 1)[-1]
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.run_hash = '{name}' and attributes.status = 'RUNNING'",
+            run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+        )
+        for run in found:
+            if run.data.tags.get("run_dir") == run_dir:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                log.info("MLflow run %s of %s was left RUNNING by a killed process; marked KILLED",
+                         run.info.run_id, Path(run_dir).name)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -144,25 +178,33 @@ class Tracker:
 
 
 def append_record(results_dir: Path, record: dict, if_missing: bool = False) -> Path:
-    """Append one JSON line to ``results_dir/results.jsonl`` (locked, flushed; safe with parallel workers).
+    """Append one JSON line to ``results_dir/results.jsonl`` (locked, fsynced; safe with parallel workers).
 
-    ``if_missing``: only if no line has the same ``run_id`` and ``started`` (a run interrupted between writing its
-    record.json and this line is completed when it is next reused)."""
+    A torn last line (a writer killed mid-line: it held the lock, so it is dead) is cut off first, so every line
+    stays a whole record. ``if_missing``: only if no line has the same ``run_id`` and ``started`` (a run
+    interrupted between writing its record.json and this line is completed when it is next reused)."""
     path = results_dir / "results.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=True, default=str) + "\n"
-    with open(path, "a+", encoding="utf-8") as fh:
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
+    with open(path, "ab+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            fh.seek(0)
+            content = fh.read()
+            if content and not content.endswith(b"\n"):
+                keep = content.rfind(b"\n") + 1
+                log.warning("%s: cut off a torn last line (%d bytes) left by a killed writer", path,
+                            len(content) - keep)
+                os.ftruncate(fh.fileno(), keep)
+                content = content[:keep]
             if if_missing:
-                fh.seek(0)
                 ident = (record.get("run_id"), record.get("started"))
-                for existing in fh:
+                for existing in content.splitlines():
                     try:
                         rec = json.loads(existing)
                     except json.JSONDecodeError:
                         continue
-                    if (rec.get("run_id"), rec.get("started")) == ident:
+                    if isinstance(rec, dict) and (rec.get("run_id"), rec.get("started")) == ident:
                         return path
             fh.write(line)
             fh.flush()
@@ -195,6 +237,25 @@ def read_records(results_dir: Path) -> list[dict]:
             log.warning("%s line %d is not a run record; skipped (its run directory's record.json is the source)",
                         path, number)
     return out
+
+
+def close_recorded_run(uri: str, run_id: str, record_path: Path) -> None:
+    """Finish the MLflow run of a finished record whose process was killed after writing the record and before
+    closing its MLflow run: attach the record and mark the run FINISHED (nothing is done if it is not RUNNING)."""
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        log.warning("MLflow run %s of %s not found at %s (%s); left as it is", run_id, record_path, uri, exc)
+        return
+    if run.info.status == "RUNNING":
+        client.log_artifact(run_id, str(record_path))
+        client.set_terminated(run_id, status="FINISHED")
+        log.info("MLflow run %s (%s) closed: its process was killed after writing the record", run_id,
+                 record_path.parent.name)
 
 
 def attach_artifact(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:

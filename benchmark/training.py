@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.cache import atomic_path, atomic_write_json
+from benchmark.cache import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,11 @@ class Checkpoints:
         import torch
 
         path = self.folder / f"ckpt-{step:08d}.pt"
-        with atomic_path(path) as tmp:
-            torch.save({"step": step, **state}, tmp)
+        # serialized in memory, then written: a failed write (a full disk) is then an OSError naming the file
+        # (torch.save writing to a file reports it as an unspecific RuntimeError)
+        buffer = io.BytesIO()
+        torch.save({"step": step, **state}, buffer)
+        atomic_write_bytes(path, buffer.getbuffer())
         for _, old in sorted(self._all())[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
@@ -136,10 +140,9 @@ class Checkpoints:
 
     def save_final(self, tensors: dict, meta: dict) -> None:
         """The trained weights (safetensors) and a done marker; checkpoints are then removed."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        with atomic_path(self.final_path) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        atomic_write_bytes(self.final_path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
         atomic_write_json(self.folder / "done.json", meta)
         for _, old in self._all():
             old.unlink(missing_ok=True)
@@ -177,7 +180,9 @@ def train_loop(
 
     from benchmark import interrupts
 
-    # 1. resume from the newest readable checkpoint
+    # 1. resume from the newest readable checkpoint (a checkpoint half-written by a killed process is removed)
+    for path in remove_orphan_temps(checkpoints.folder) if checkpoints.folder.is_dir() else []:
+        log.info("%s: removed %s, a checkpoint left half-written by a killed process", desc, path.name)
     start = 0
     found = checkpoints.newest_readable()
     if found is not None:

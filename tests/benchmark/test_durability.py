@@ -3,6 +3,7 @@ worth of steps, not the run."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -42,9 +43,27 @@ def test_atomic_writes_fsync_the_file_and_then_its_folder(tmp_path, fsyncs, writ
     assert target.read_bytes() == b"data"
     files = [p for is_dir, p in fsyncs if not is_dir]
     dirs = [p for is_dir, p in fsyncs if is_dir]
-    assert files and all(".out.bin." in p for p in files)  # the temporary file, before the rename
+    assert files and all(".out.bin~" in p for p in files)  # the temporary file, before the rename
     assert dirs == [str(target.parent)]  # the rename itself, after
-    assert not list(target.parent.glob(".out.bin.*"))
+    assert not list(target.parent.glob(".out.bin~*"))
+
+
+def test_temporary_files_of_dead_processes_are_removed_and_a_live_writers_are_not(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    host = cache._host()
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    orphan = tmp_path / "a" / "b" / f".record.json~{host}~{pid}~x1y2.tmp"
+    mine = tmp_path / "a" / f".ckpt.pt~{host}~{os.getpid()}~z3.tmp"
+    elsewhere = tmp_path / f".record.json~otherhost~{pid}~q9.tmp"
+    plain = tmp_path / "a" / "notes.tmp"
+    for path in (orphan, mine, elsewhere, plain):
+        path.write_bytes(b"half")
+    assert cache.remove_orphan_temps(tmp_path) == [orphan]
+    assert not orphan.exists() and mine.exists() and elsewhere.exists() and plain.exists()
 
 
 def _loop(folder, total, stop_after=None, seen=None):
@@ -137,6 +156,70 @@ def test_results_jsonl_skips_a_torn_last_line_quietly_and_names_a_bad_line_elsew
     assert [r["run_id"] for r in records] == ["a", "b"]
     named = sorted(r.getMessage() for r in caplog.records)
     assert len(named) == 2 and "results.jsonl line 2 " in named[0] and "results.jsonl line 3 " in named[1]
+
+
+
+def test_the_next_append_cuts_a_torn_last_line_so_every_line_is_a_record(tmp_path):
+    from benchmark.tracking import append_record, read_records
+
+    (tmp_path / "results.jsonl").write_text('{"run_id": "a", "metrics": {}}\n{"run_id": "b", "me')
+    append_record(tmp_path, {"run_id": "c", "metrics": {}})
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["run_id"] for line in lines] == ["a", "c"]
+    assert [r["run_id"] for r in read_records(tmp_path)] == ["a", "c"]
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from benchmark import runner, tracking
+from benchmark.runner import build_config, run_one
+
+cfg = build_config("none", "nsclc", "smoke", 0, "cpu", ["probe.bootstrap=0"])
+if sys.argv[2] == "during":  # killed while computing: its MLflow run was created, then nothing more
+    runner._execute = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+else:  # killed after writing record.json, before closing its MLflow run
+    real = tracking.Tracker.log_artifact
+    def log_artifact(self, path, artifact_path=None):
+        if Path(path).name == "record.json":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, path, artifact_path)
+    tracking.Tracker.log_artifact = log_artifact
+run_one(cfg, Path(sys.argv[1]), progress=False)
+"""
+
+
+@pytest.mark.parametrize("when", ["during", "after_record"])
+def test_an_mlflow_run_left_running_by_a_killed_process_is_closed_by_the_next_attempt(tmp_path, none_cfg, when):
+    import subprocess
+    import sys
+
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from benchmark import runner
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path), when], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("medibench-nsclc").experiment_id
+
+    def states():
+        runs = client.search_runs([experiment], run_view_type=ViewType.ALL)
+        return sorted((r.info.status, r.info.run_id) for r in runs)
+
+    assert [s for s, _ in states()] == ["RUNNING"]
+    record = runner.run_one(none_cfg, tmp_path, progress=False)
+    if when == "during":  # the orphan is KILLED and the run is done again, in a new MLflow run
+        assert not record["reused"]
+        assert sorted(s for s, _ in states()) == ["FINISHED", "KILLED"]
+    else:  # the record is the result: reused, and its MLflow run finished with the record attached
+        assert record["reused"] and states() == [("FINISHED", record["mlflow"]["run_id"])]
+        assert "record.json" in [a.path for a in client.list_artifacts(record["mlflow"]["run_id"])]
 
 
 HOLD_LOCK = """

@@ -130,3 +130,80 @@ def test_sigterm_in_the_middle_of_a_step_lets_it_finish_and_checkpoints_after_it
     state = ckpts.load(ckpts.latest()[1])
     for name, value in uninterrupted.net.state_dict().items():
         torch.testing.assert_close(state["net"][name], value, rtol=0, atol=0)
+
+
+_KILLED_WHILE_CHECKPOINTING = """
+import logging, os, signal, sys, torch
+sys.path.insert(0, sys.argv[2])
+from benchmark.training import Checkpoints, train_loop
+logging.basicConfig(level=logging.INFO)
+from tests.benchmark.test_interrupted_training import _Tiny
+
+model, ckpts = _Tiny(), Checkpoints(sys.argv[1])
+real_save = torch.save
+
+def save(obj, f, *args, **kwargs):
+    real_save(obj, f, *args, **kwargs)
+    if sys.argv[3] == "kill" and obj["step"] == 6:
+        # the checkpoint of step 6 is half on disk when the process dies
+        from benchmark import cache
+        fd, tmp = cache._mkstemp(ckpts.folder / "ckpt-00000006.pt")
+        os.write(fd, f.getvalue()[: len(f.getvalue()) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    if sys.argv[3] == "full" and obj["step"] == 6:
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
+
+torch.save = save
+try:
+    train_loop(checkpoints=ckpts, total_steps=12, step_fn=model.step, get_state=model.state, set_state=model.load,
+               checkpoint_every=3, desc="tiny", progress=False)
+except OSError as exc:
+    print("OSError", exc.errno, exc.filename)
+    sys.exit(1)
+torch.save(model.state(), os.path.join(sys.argv[1], "..", "final-" + sys.argv[3] + ".pt"))
+"""
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".tmp", ".unreadable")))
+
+
+@pytest.mark.parametrize("failure", ["kill", "full"])
+def test_a_training_killed_or_out_of_space_while_checkpointing_resumes_from_the_checkpoint_before(tmp_path, failure):
+    """SIGKILL with a checkpoint half-written, or a write that fails (a real kernel write error: the file-size limit,
+    EFBIG, standing in for a full disk): the previous checkpoint is intact, the next attempt removes the partial file
+    and resumes from it, and ends where an uninterrupted training ends."""
+    import errno
+
+    script = tmp_path / "train.py"
+    script.write_text(_KILLED_WHILE_CHECKPOINTING)
+    folder = tmp_path / "ckpt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), str(folder), str(ROOT), failure], capture_output=True,
+                          text=True, timeout=120, env=env)
+    if failure == "kill":
+        assert proc.returncode == -9, proc.stderr
+        partial = _leftovers(folder)
+        assert len(partial) == 1 and partial[0].startswith(".ckpt-00000006.pt~")
+    else:
+        assert proc.returncode == 1, proc.stderr
+        # the error names the checkpoint (not its temporary file) and leaves no partial file
+        assert proc.stdout.split() == ["OSError", str(errno.EFBIG), str(folder / "ckpt-00000006.pt")]
+        assert _leftovers(folder) == []
+    ckpts = Checkpoints(folder)
+    assert ckpts.latest()[0] == 3 and ckpts.load(ckpts.latest()[1])["step"] == 3  # the one before: intact
+    again = subprocess.run([sys.executable, str(script), str(folder), str(ROOT), "none"], capture_output=True,
+                           text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from ckpt-00000003.pt" in again.stderr
+    assert ("half-written by a killed process" in again.stderr) == (failure == "kill")
+    assert _leftovers(folder) == []
+    uninterrupted = _Tiny()
+    train_loop(checkpoints=Checkpoints(tmp_path / "ref"), total_steps=12, step_fn=uninterrupted.step,
+               get_state=uninterrupted.state, set_state=uninterrupted.load, checkpoint_every=3, desc="tiny",
+               progress=False)
+    resumed = torch.load(tmp_path / "final-none.pt", weights_only=True)
+    for name, value in uninterrupted.net.state_dict().items():
+        torch.testing.assert_close(resumed["net"][name], value, rtol=0, atol=0)
