@@ -71,14 +71,18 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
-# The suite's three registries; entries register themselves when methods/, tasks/ and benchmark.encoders import.
+# The suite's three registries; the built-ins register themselves when methods/, tasks/ and benchmark.encoders
+# import, installed packages through the entry-point groups medibench.methods, .tasks and .encoders (plugins.py).
 METHODS: Registry = Registry("method")
 TASKS: Registry = Registry("task")
 ENCODERS: Registry = Registry("encoder")
 
 
 def load_plugins() -> None:
-    """Import the packages whose modules register methods, tasks and encoders (cheap: no heavy imports)."""
-    import benchmark.encoders  # noqa: F401
-    import methods  # noqa: F401
-    import tasks  # noqa: F401
+    """Register the built-in methods, tasks and encoders and those of installed plug-in packages, once per process.
+
+    Cheap: no heavy imports beyond the plug-ins' own modules. A plug-in that cannot be loaded is a one-line warning
+    (benchmark.plugins)."""
+    from benchmark.plugins import load_plugins as load
+
+    load()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set-up for MeDiBench, idempotent: a virtual environment in .venv with medibench installed in editable mode,
 # torch pinned to the CPU wheel by constraints.txt. With --test: the test extras, plus the test-only data
-# (a real H&E image from the tiatoolbox wheel, fetched without its dependencies), plus Debian's chromium and
+# (a real H&E image from the tiatoolbox wheel, fetched without its dependencies), plus the example plug-in
+# examples/hed_jitter (editable; tests/benchmark/test_plugins.py runs it), plus Debian's chromium and
 # poppler-utils for the report tests (installed with apt-get when missing; needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".${extras}"
 if [ "$test_mode" = 1 ]; then
   .venv/bin/python tests/real_he.py >/dev/null
+  # the example plug-in package: registers the method hed_jitter through the medibench.methods entry point
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps \
+    -e examples/hed_jitter
   # The report tests open the leaderboard in headless Chromium and read the PDF with poppler (pdftoppm, pdfimages).
   if [ ! -x /usr/bin/chromium ] || ! command -v pdftoppm >/dev/null || ! command -v pdfimages >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
