@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "roughly normal differences) or signflip (exact sign-flip permutation test; assumption-free, "
                      "needs >= 6 replicates to reach 0.05)")
     rep.add_argument("--no-pdf", action="store_true", help="write only the HTML page")
+    rep.add_argument("--mixed-code", action="store_true",
+                     help="report a method whose records come from different versions of the code (default: an "
+                          "error; the page then flags it)")
 
     sw = sub.add_parser(
         "sweep",
@@ -423,7 +426,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     load_plugins()
     # the benchmark's own methods are expected in every task; a plug-in's appear where they have records
-    out = write_report(args.results, args.out, CANONICAL_METHODS, test=args.test, pdf=not args.no_pdf)
+    out = write_report(args.results, args.out, CANONICAL_METHODS, test=args.test, pdf=not args.no_pdf,
+                       allow_mixed_code=args.mixed_code)
     for task, preset, rows, missing in out["sections"]:
         note = f"; no records for {', '.join(missing)}" if missing else ""
         print(f"{task} ({preset}): {', '.join(rows)}{note}")

@@ -148,9 +148,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+class _Stream:
+    """A file seen through ``write`` alone: numpy then writes in chunks with ``write`` (whose failure is an OSError
+    with its errno, ENOSPC on a full disk) instead of ``ndarray.tofile`` (whose short write is an OSError without
+    one: "24864 requested and 15328 written")."""
+
+    def __init__(self, fh: BinaryIO):
+        self.write = fh.write
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_file(path) as fh:
-        np.save(fh, array, allow_pickle=False)
+        np.save(_Stream(fh), array, allow_pickle=False)
 
 
 def load_npy(path: Path, shape: tuple | None = None, dtype: Any = None) -> np.ndarray | None:

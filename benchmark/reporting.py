@@ -1151,14 +1151,29 @@ def write_pdf(html: str, path: Path) -> Path:
     return path
 
 
+def mixed_code(records: Sequence[dict]) -> list[str]:
+    """One line per method and task whose records come from more than one version of the code that decides their
+    numbers (the ``code_version`` in the run hash): their replicates may not be comparable."""
+    versions: dict[tuple[str, str, str], set[str]] = {}
+    for rec in records:
+        if isinstance(rec, dict) and rec.get("code_version"):
+            key = (str(rec.get("task")), str(rec.get("preset")), str(rec.get("method")))
+            versions.setdefault(key, set()).add(str(rec["code_version"]))
+    return [f"{method} on {task} ({preset}): {len(codes)} code versions ({', '.join(sorted(codes))})"
+            for (task, preset, method), codes in sorted(versions.items()) if len(codes) > 1]
+
+
 def write_report(
     results_dir: Path | str,
     out_dir: Path | str,
     expected_methods: Sequence[str] = CANONICAL_METHODS,
     test: str = "t",
     pdf: bool = True,
+    allow_mixed_code: bool = False,
 ) -> dict[str, Any]:
-    """Write ``leaderboard.html``, ``leaderboard.pdf`` and ``figures/*.png`` under ``out_dir``; what was written."""
+    """Write ``leaderboard.html``, ``leaderboard.pdf`` and ``figures/*.png`` under ``out_dir``; what was written.
+    Records of one method made by different code are a ReportError unless ``allow_mixed_code`` (then the page
+    says so beside that method)."""
     from benchmark.cache import atomic_write_bytes, atomic_write_text
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -1170,6 +1185,12 @@ def write_report(
     if not records:
         raise ReportError(f"--results {results_dir}: no run records there (results.jsonl or "
                           "runs/<task>/<method>/<run>/record.json); nothing written")
+    mixed = mixed_code(records)
+    if mixed and not allow_mixed_code:
+        more = f" (and {len(mixed) - 1} more)" if len(mixed) > 1 else ""
+        raise ReportError(f"--results {results_dir}: the records of {mixed[0]}{more} may not be comparable; re-run "
+                          "them with one version of the code, or pass --mixed-code to report them with a notice; "
+                          "nothing written")
     report = render(records, str(results_dir), expected_methods, test)
     html_path = out_dir / "leaderboard.html"
     atomic_write_text(html_path, report.html)

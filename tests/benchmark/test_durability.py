@@ -289,3 +289,37 @@ def test_a_full_disk_while_writing_the_record_is_one_line_and_loses_nothing(tmp_
     assert read_records(tmp_path) == [] and not list(tmp_path.glob("runs/*/*/*/record.json"))  # no half record
     monkeypatch.setattr(runner, "atomic_write_json", real)  # space again: the same command finishes the run
     assert main(args) == 0 and len(read_records(tmp_path)) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB file system (tmpfs), too small for a run: the kernel's own ENOSPC, no simulation."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs (root): {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_real_full_disk_is_one_line_and_the_same_command_finishes_once_there_is_space(small_disk):
+    import subprocess
+
+    from tests.conftest import run_cli
+
+    args = ["run", "--method", "none", "--task", "nsclc", "--preset", "smoke", "--out", str(small_disk / "results"),
+            "--no-progress", "--set", "probe.bootstrap=0"]
+    full = run_cli(*args)
+    assert full.returncode == 1, full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write {small_disk}/results/") and "No space left on device" in last
+    assert "Traceback" not in full.stderr
+    assert not [p for p in small_disk.rglob("*") if p.name.endswith(".tmp")]  # no partial file
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert len((small_disk / "results" / "results.jsonl").read_text().splitlines()) == 1

@@ -313,6 +313,21 @@ def test_a_missing_or_empty_results_folder_is_an_error_naming_it(tmp_path):
     assert not (tmp_path / "reports").exists()
 
 
+def test_records_of_one_method_from_different_code_are_an_error_unless_asked_for(fixed, tmp_path):
+    root, records, _, _ = fixed
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    changed = [dict(r, code_version="0.1.0+other") if (r["method"], r["seed"]) == ("medi", 0) else r for r in records]
+    (mixed / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in changed))
+    with pytest.raises(R.ReportError, match=r"records of medi on nsclc \(smoke\): 2 code versions \(0.1.0, "
+                       r"0.1.0\+other\) may not be comparable.*--mixed-code.*nothing written"):
+        R.write_report(mixed, tmp_path / "reports", pdf=False)
+    assert not (tmp_path / "reports").exists()
+    R.write_report(mixed, tmp_path / "reports", pdf=False, allow_mixed_code=True)
+    page = (tmp_path / "reports" / "leaderboard.html").read_text()
+    assert "come from 2 code versions (0.1.0, 0.1.0+other)" in page
+
+
 def test_a_page_without_valid_records_says_how_to_make_some(tmp_path):
     from pypdf import PdfReader
 
