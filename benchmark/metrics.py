@@ -157,3 +157,43 @@ def evaluate(
 def finite_or_none(value: float) -> float | None:
     """JSON-friendly: NaN / inf become None."""
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+#: neighbourhood sizes the robustness index chooses from (by kNN balanced accuracy, croma's rule)
+RI_K_CANDIDATES = (5, 11, 21)
+
+
+def robustness_index(
+    embeddings: np.ndarray, labels: np.ndarray, sites: np.ndarray, patients: np.ndarray | None = None
+) -> dict[str, float]:
+    """PathoROB's robustness index (Kömen et al. 2025) through ``croma``: among each patch's nearest neighbours
+    (cosine), how often the evidence is biological (same class, another site) rather than technical (another class,
+    the same site); 1: biology dominates, 0: the site does. Neighbours from the patch's own patient are not counted.
+    Returns ``robustness_index``, its operating ``k`` and its ``support`` (the fraction of patches with informative
+    neighbours); NaN where it is undefined (one site, one class, too few patches).
+
+    Its value under no structure at all is not 0.5: with S equally common sites and random neighbours it is
+    (S - 1) / S; compare methods on the same task, not to a fixed level."""
+    import logging
+    import warnings
+
+    from croma import RI
+
+    n = len(embeddings)
+    empty = {"robustness_index": NAN, "robustness_k": NAN, "robustness_support": NAN}
+    labels, sites = np.asarray(labels).astype(str), np.asarray(sites).astype(str)
+    if n <= max(RI_K_CANDIDATES) or len(np.unique(labels)) < 2 or len(np.unique(sites)) < 2:
+        return empty
+    groups = np.arange(n).astype(str) if patients is None else np.asarray(patients).astype(str)
+    manifest = pd.DataFrame({"sample_id": np.arange(n).astype(str), "image_path": np.arange(n).astype(str),
+                             "label": labels, "group_id": groups, "site": sites})
+    features = np.ascontiguousarray(embeddings, dtype=np.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # croma warns about low support; the support is returned
+            result = RI.compute(features, manifest, confounder_column="site", k_candidates=list(RI_K_CANDIDATES))
+    except ValueError as exc:  # croma's own input checks (e.g. no informative pair at all)
+        logging.getLogger(__name__).warning("robustness index undefined: %s", exc)
+        return empty
+    return {"robustness_index": float(result.value), "robustness_k": float(result.k),
+            "robustness_support": float(result.support)}

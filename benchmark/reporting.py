@@ -366,6 +366,10 @@ def split_table(section: Section, split: str) -> dict:
     columns: list[dict] = [{"key": f"{split}/{m}", "title": t, "metric": m, "kind": "acc", "best": b}
                            for m, t, b in TABLE_METRICS]
     if split == "test_unseen":
+        if any(math.isfinite(_value(r, "train/robustness_index")) for r in section.records):
+            # PathoROB's robustness index of the training set each method gives the probe (the encoder's space)
+            columns.append({"key": "train/robustness_index", "title": "robustness index (train)",
+                            "metric": "robustness_index", "kind": "ri", "best": "max"})
         for space in section.fid_spaces():
             columns.append({"key": f"fid/{space}/mean", "title": f"FID ({space})", "metric": f"fid/{space}",
                             "kind": "fid", "space": space, "best": "min"})
@@ -1079,6 +1083,10 @@ def _section_context(section: Section, test: str) -> dict:
         t = split_table(section, split)
         t["caption"] = (f"{split}: held-out site x demographic combinations (never seen in training)"
                         if split == "test_unseen" else f"{split}: patients from training combinations")
+        if any(c["key"] == "train/robustness_index" for c in t["columns"]):
+            t["caption"] += ("; robustness index (train): PathoROB's index of the training set the method gives the "
+                             "probe, in the encoder's space (1: neighbours share the class across sites, 0: they "
+                             "share the site across classes; random neighbours give (S-1)/S for S sites)")
         tables.append(t)
     cfg_preset = fid_config(section.preset)
     return {

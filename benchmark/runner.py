@@ -395,6 +395,15 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         "train/n_real": float((~train.metadata["is_synthetic"].astype(bool)).sum()),
         "train/n_synthetic": float(train.metadata["is_synthetic"].astype(bool).sum()),
     }
+    # 5b. PathoROB's robustness index (croma) in the encoder's space: of the training set the probe learns from
+    # (a method's synthetic patches change it) and of test_unseen (a method's evaluation transform changes it)
+    for name, split in (("train", train), ("test_unseen", evals["test_unseen"])):
+        meta = split.metadata
+        synthetic = meta["is_synthetic"].astype(bool).to_numpy()
+        patients = np.where(synthetic, [f"synthetic-{i}" for i in range(len(meta))],
+                            meta["patient_id"].astype(str).to_numpy())
+        index = M.robustness_index(probe.embed(split), split.labels, meta["tissue_source_site"].to_numpy(), patients)
+        metrics.update({f"{name}/{k}": v for k, v in index.items()})
     groups: dict[str, list[dict]] = {}
     predictions = []
     real_train = splits["train"].metadata

@@ -109,3 +109,20 @@ def test_shortcut_gap_in_evaluate():
     assert values["aligned_balanced_accuracy"] == 1.0 and values["misaligned_balanced_accuracy"] == 0.0
     assert values["shortcut_gap"] == 1.0 and values["n_misaligned"] == 2
     assert math.isnan(values["unseen_site_balanced_accuracy"])
+
+
+def test_robustness_index_known_answers():
+    """Embeddings that carry only the class: 1; only the site: 0; nothing: (S - 1) / S for S equally common sites
+    (random neighbours are of another site (S-1)/S of the time, of the same class half of it); one site: NaN."""
+    rng = np.random.default_rng(0)
+    n, sites_n = 600, 5
+    labels, sites = rng.integers(0, 2, n), rng.integers(0, sites_n, n)
+    patients = np.arange(n) // 6
+    noise = rng.normal(size=(n, 8))
+    biology = M.robustness_index(np.hstack([3 * np.eye(2)[labels], noise]), labels, sites, patients)
+    technical = M.robustness_index(np.hstack([3 * np.eye(sites_n)[sites], noise]), labels, sites, patients)
+    null = M.robustness_index(noise, labels, sites, patients)
+    assert biology["robustness_index"] == 1.0 and biology["robustness_support"] == 1.0
+    assert technical["robustness_index"] < 0.01
+    assert abs(null["robustness_index"] - (sites_n - 1) / sites_n) < 0.05
+    assert math.isnan(M.robustness_index(noise, labels, np.zeros(n), patients)["robustness_index"])
