@@ -296,7 +296,7 @@ def build_sections(records: Sequence[dict], expected_methods: Sequence[str] = CA
                 task=task,
                 preset=key[1],
                 encoder=str(first["config"].get("probe", {}).get("encoder", first.get("encoder", ""))),
-                data_source=str(first["config"].get("data", {}).get("root") and "tcga-ut" or "embedded"),
+                data_source=_data_source(first["config"].get("data", {})),
                 setting=diff,
                 rows=rows,
                 classes=classes,
@@ -609,7 +609,19 @@ class Figure:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
 
-def _group_columns(task: str) -> tuple[str, ...]:
+def _data_source(data: dict) -> str:
+    """Where a run's images came from, from its config's data section."""
+    if data.get("manifest"):
+        return "manifest " + Path(str(data["manifest"])).name
+    return "tcga-ut" if data.get("root") else "embedded"
+
+
+def _group_columns(task: str, records: Sequence[dict] = ()) -> tuple[str, ...]:
+    """The columns a task's group names join: as its records say (a task from a file is not registered in the
+    report's process), else as its registered definition says, else the defaults."""
+    for rec in records:
+        if rec.get("group_columns"):
+            return tuple(rec["group_columns"])
     try:
         from benchmark.registry import TASKS, load_plugins
 
@@ -864,7 +876,7 @@ def section_figures(section: Section) -> tuple[list[Figure], list[str]]:
     notes: list[str] = []
     base = f"{section.anchor}"
     # 1. per-group accuracy heatmaps on test_unseen (class x site, class x race), pooled over seeds
-    columns = _group_columns(section.task)
+    columns = _group_columns(section.task, section.records)
     try:
         panels = []
         for row in section.rows:
@@ -1092,7 +1104,7 @@ def _section_context(section: Section, test: str) -> dict:
     return {
         "anchor": section.anchor, "task": section.task, "heading": heading, "description": description,
         "notices": list(dict.fromkeys(notices)), "tables": tables, "fid": fid_table(section), "fid_ci": cfg_preset.ci,
-        "worst": worst_groups(section), "group_columns": _group_columns(section.task),
+        "worst": worst_groups(section), "group_columns": _group_columns(section.task, section.records),
         "figures": [f for f in figures if f is not forest], "forest": forest,
         "verdict": verdict_sentences(section, comparisons, test), "comparisons": verdict_table(comparisons),
     }

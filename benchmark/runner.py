@@ -463,6 +463,7 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         "metrics": {k: M.finite_or_none(v) for k, v in metrics.items()},
         "groups": groups,
         "classes": list(task.classes),
+        "group_columns": list(task.group_columns),
         "data": data_info,
         "method_report": ctx.report,
     }

@@ -515,7 +515,8 @@ class CycleGAN(Method):
                                     f"not {self.vocabulary}; delete it to retrain")
             generator.load_state_dict(ckpts.load_final())
             self.generator = generator.to(ctx.device).eval()
-            report.update(trained=False, train_seconds=meta.get("train_seconds"))
+            report.update(trained=False, train_seconds=meta.get("train_seconds"),
+                          generator_params=meta.get("generator_params"))
             log.info("cyclegan: using the cached model %s", ckpts.folder)
             return True
         # 2. train, resuming from the newest checkpoint if a previous run was interrupted

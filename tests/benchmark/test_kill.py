@@ -25,9 +25,11 @@ import pytest
 
 from tests.conftest import ROOT
 
-# record fields that differ between two runs of the same job by design (when and where it ran)
+# record fields that differ between two runs of the same job by design: when and where it ran, and whether this
+# attempt trained its model or found it in the cache (an earlier, killed attempt may have finished the training)
 VOLATILE = {"started", "duration_s", "run_dir", "mlflow", "host", "reused", "git_commit"}
-VOLATILE_REPORT = ("seconds", "images_per_s", "_time")
+VOLATILE_REPORT = {"model_dir", "model_reused", "trained"}
+VOLATILE_REPORT_PARTS = ("seconds", "images_per_s", "_time")
 
 
 def _sweep_cmd(out: Path, grid: list[str]) -> list[str]:
@@ -50,10 +52,16 @@ def _records(out: Path) -> dict[str, dict]:
     return found
 
 
+def _without_provenance(value):
+    if isinstance(value, dict):
+        return {k: _without_provenance(v) for k, v in value.items()
+                if k not in VOLATILE_REPORT and not any(s in k for s in VOLATILE_REPORT_PARTS)}
+    return value
+
+
 def _deterministic(record: dict) -> dict:
     out = {k: v for k, v in record.items() if k not in VOLATILE}
-    report = out.get("method_report") or {}
-    out["method_report"] = {k: v for k, v in report.items() if not any(s in k for s in VOLATILE_REPORT)}
+    out["method_report"] = _without_provenance(out.get("method_report") or {})
     return out
 
 
