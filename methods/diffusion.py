@@ -34,6 +34,7 @@ better (``python -m benchmark perf --stages time_to_quality``; README, "Time to 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -664,8 +665,9 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         ema.copy_to(params)
     model.unet = accelerator.unwrap_model(unet).float()
     model.cond = accelerator.unwrap_model(cond).float()
-    ckpt.save_final(model.state_tensors(), {"steps": p.steps, "precision": precision})
-    return {"train_seconds": round(time.time() - started, 1), "train_steps": p.steps, "precision": precision}
+    stats = {"train_seconds": round(time.time() - started, 1), "train_steps": p.steps, "precision": precision}
+    ckpt.save_final(model.state_tensors(), {"steps": p.steps, **stats})
+    return stats
 
 
 PRECISION_LABEL = {"no": "fp32"}
@@ -759,6 +761,11 @@ class DiffusionMethod(Method):
             return False
         self.model.load_tensors(ckpt.load_final())
         ctx.report["model_reused"] = True
+        try:  # how it was trained, as a run that trains it reports (models cached before this have steps only)
+            meta = json.loads((ckpt.folder / "done.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        ctx.report.update({k: meta[k] for k in ("train_seconds", "train_steps", "precision") if k in meta})
         log.info("%s: reusing trained model %s", self.name, ckpt.folder)
         return True
 
