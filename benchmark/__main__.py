@@ -29,7 +29,8 @@ on hospital (tissue source site) and demographic metadata?
 
 Every run trains nothing but the method's own model; the downstream evaluation (frozen encoder + linear probe,
 balanced / worst-group / site-averaged accuracy on val, test_seen and test_unseen) is the same for all methods.
-Without --set data.root=..., runs use the embedded TCGA-like generator: no download needed."""
+Without --set data.root=... (TCGA-UT) or data.manifest=... (a CSV of your own cohort), runs use the embedded
+TCGA-like generator: no download needed. A task may be a TOML file: --task path/to/task.toml."""
 
 RUN_EPILOG = """\
 examples:
@@ -37,6 +38,13 @@ examples:
   python -m benchmark run --method medi --task nsclc --seed 1
   python -m benchmark run --method none --task uterine --set data.shortcut_strength=0 probe.C=0.1
   python -m benchmark run --method none --task nsclc --set data.root=/data/TCGA-UT data.metadata=clinical.csv
+  python -m benchmark run --method none --task my_cohort/task.toml
+
+--task FILE.toml: a task of your own (any --task ending in .toml or holding a path separator is a file), with
+  name = "camelyon17", classes = ["normal", "tumor"] (labels of the manifest), heldout_keys and group_columns
+  (manifest columns), optionally manifest = "cohort.csv" (relative to the file; else --set data.manifest=FILE),
+  heldout_fraction, val_fraction, test_seen_fraction, guard. The manifest has one row per image: path, label,
+  tissue_source_site, optionally patient_id, slide_id, race, gender, age_at_index and any other columns.
 
 results: <out>/runs/<task>/<method>/<method>-<task>-s<seed>-<hash>/record.json, one line per finished run in
 <out>/results.jsonl, and an MLflow run (local store <out>/mlflow.db, or $MLFLOW_TRACKING_URI)."""
@@ -47,8 +55,11 @@ examples:
   python -m benchmark sweep --preset smoke --dry-run
   python -m benchmark sweep --methods all --tasks all --seeds 3 --preset cpu
   python -m benchmark sweep --methods none,medi --tasks nsclc --seeds 0,1,2 --workers 2
-  # several machines: the same command on each, one database and one MLflow server for all
-  MLFLOW_TRACKING_URI=http://tracking:5000 python -m benchmark sweep --queue postgresql://user@db/medibench"""
+  # a SLURM cluster: one array job per sweep, one GPU per job, at most 8 at once; wait with a progress bar
+  python -m benchmark sweep --preset gpu --launcher slurm --slurm-partition gpu --slurm-gpus 1 \\
+      --slurm-cpus 8 --slurm-mem 32 --slurm-time 600 --slurm-parallel 8
+  python -m benchmark sweep --preset gpu --launcher slurm ... --no-wait   # submit and return
+  python -m benchmark sweep --preset gpu --status     # each job: record, SLURM job and state, log of a failed one"""
 
 
 def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
@@ -60,7 +71,8 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 def add_grid(parser: argparse.ArgumentParser, overrides_help: str) -> None:
     """The methods x tasks x seeds grid of ``sweep`` and ``freeze`` (see :func:`plan_grid`)."""
     parser.add_argument("--methods", default="all", help="'all' or a comma-separated list (default all)")
-    parser.add_argument("--tasks", default="all", help="'all' or a comma-separated list (default all)")
+    parser.add_argument("--tasks", default="all", help="'all' (the registered tasks) or a comma-separated list; an "
+                        "entry may be a task file (FILE.toml; default all)")
     parser.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (0,5,7); default 3")
     parser.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -70,14 +82,79 @@ def add_grid(parser: argparse.ArgumentParser, overrides_help: str) -> None:
 def plan_grid(args: argparse.Namespace, results_dir: Path) -> tuple[list[str], list[str], list[int], list]:
     """(methods, tasks, seeds, jobs) of the grid given by :func:`add_grid`'s arguments."""
     from benchmark import sweep
-    from benchmark.registry import METHODS, TASKS, load_plugins
+    from benchmark.registry import METHODS, load_plugins
 
     load_plugins()
     methods = sweep.parse_names(args.methods, METHODS.names(), "methods")
-    tasks = sweep.parse_names(args.tasks, TASKS.names(), "tasks")
+    tasks = parse_tasks(args.tasks)
     seeds = sweep.parse_seeds(args.seeds)
     jobs = sweep.plan_jobs(methods, tasks, seeds, args.preset, args.device, args.overrides, results_dir)
     return methods, tasks, seeds, jobs
+
+
+def parse_tasks(value: str) -> list[str]:
+    """``--tasks``: ``all`` (the registered tasks) or a comma-separated list of task names and task files. A task file
+    is read here (a malformed one is a ConfigError naming it) and kept as given, so that a worker process (which
+    reads it again) gets the same task; two entries for one task count once."""
+    from benchmark import sweep
+    from benchmark.registry import TASKS
+
+    if value.strip() == "all":
+        return sweep.parse_names(value, TASKS.names(), "tasks")
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    names = [TASKS.canonical(item) for item in items]
+    sweep.parse_names(",".join(names), TASKS.names(), "tasks")  # unknown names: one error listing the choices
+    first = {}
+    for item, name in zip(items, names, strict=True):
+        first.setdefault(name, item)
+    return list(first.values())
+
+
+def add_launcher(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--launcher local|slurm``, ``--workers``, ``--no-wait`` and the SLURM resources (:func:`slurm_options`)."""
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help=f"where the {what} run: local (this machine, default) or slurm (a job array through "
+                        "submitit)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="local: parallel processes, each with cores/workers threads; slurm (tune only): "
+                        "SLURM jobs (default 1)")
+    parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return (default: wait, with a "
+                        "progress bar)")
+    group = parser.add_argument_group("SLURM resources, per job (--launcher slurm)")
+    group.add_argument("--slurm-partition", default=None, metavar="NAME")
+    group.add_argument("--slurm-account", default=None, metavar="NAME")
+    group.add_argument("--slurm-qos", default=None, metavar="NAME")
+    group.add_argument("--slurm-gpus", type=int, default=None, metavar="N", help="GPUs per job")
+    group.add_argument("--slurm-cpus", type=int, default=None, metavar="N",
+                       help="CPUs per job (its torch and BLAS threads follow)")
+    group.add_argument("--slurm-mem", type=float, default=None, metavar="GB", help="memory per job")
+    group.add_argument("--slurm-time", type=int, default=240, metavar="MIN",
+                       help="time limit per job, minutes (default 240); a job at its limit is requeued and resumes "
+                       "from its training checkpoint (up to 3 times)")
+    group.add_argument("--slurm-parallel", type=int, default=None, metavar="N",
+                       help="at most N jobs of the array running at once")
+    group.add_argument("--slurm-option", dest="slurm_options", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, repeatable (e.g. constraint=a100, exclusive=)")
+    group.add_argument("--slurm-setup", action="append", default=[], metavar="COMMAND",
+                       help="a shell line run before each job, repeatable (e.g. 'module load cuda')")
+
+
+def slurm_options(args: argparse.Namespace):
+    """The ``--slurm-*`` arguments as :class:`benchmark.launchers.SlurmOptions` (checked)."""
+    from benchmark.config import ConfigError
+    from benchmark.launchers import SlurmOptions
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.no_wait and args.launcher != "slurm":
+        raise ConfigError("--no-wait is for --launcher slurm (a local sweep runs in this process)")
+    options = SlurmOptions(
+        partition=args.slurm_partition, account=args.slurm_account, qos=args.slurm_qos, gpus=args.slurm_gpus,
+        cpus=args.slurm_cpus, mem_gb=args.slurm_mem, time_min=args.slurm_time, parallel=args.slurm_parallel,
+        options=tuple(args.slurm_options), setup=tuple(args.slurm_setup),
+    )
+    options.check()
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--method", required=True, help="augmentation method (see `list`), e.g. none, medi")
-    run.add_argument("--task", required=True, help="task (see `list`), e.g. nsclc, uterine, heldout")
+    run.add_argument("--task", required=True, help="task (see `list`), e.g. nsclc, uterine, heldout, or a task file "
+                     "FILE.toml defining your own cohort's task (below)")
     run.add_argument(
         "--preset",
         default=None,
@@ -158,21 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every method x task x seed (resumable, parallel, several machines)",
         description="Run a grid of methods x tasks x seeds through the same runner as `run`. Jobs are "
         "content-addressed: a finished run (its record exists) is skipped, so an interrupted sweep is resumed by "
-        "running the same command again. Jobs are claimed through a SQL table (--queue; sqlite in the results "
-        "folder by default): point several machines at one database (e.g. postgresql://...) and one MLflow "
-        "server (MLFLOW_TRACKING_URI) and they share the work without running a job twice. Seed 0 of every "
-        "method and task runs first, so parallel workers train different generative models (replicates train "
-        "their own; with seeds.model pinned they reuse seed 0's).",
+        "running the same command again; a job whose run another process is computing (another sweep, a SLURM "
+        "job, another machine on a shared file system: the run's lock says so) is not run twice. --launcher local "
+        "(default): --workers processes on this machine, the cores divided between them. --launcher slurm: the "
+        "unfinished jobs go to SLURM as a job array through submitit, with the --slurm-* resources, one log file per "
+        "job under <out>/slurm/; jobs that reuse a model another job trains (seeds.split and seeds.model pinned) "
+        "start after it. Seed 0 of every method and task comes first, so parallel workers train different "
+        "generative models.",
         epilog=SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_grid(sw, "config overrides applied to every job (keys: `list --keys`)")
-    sw.add_argument("--workers", type=int, default=1,
-                    help="parallel worker processes on this machine; each gets cores/workers threads (default 1)")
-    sw.add_argument("--queue", default=None, metavar="URL",
-                    help="SQLAlchemy URL of the job table shared by all workers (default sqlite:///<out>/sweep.db)")
-    sw.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS",
-                    help="a claim without a heartbeat for this long is taken over (default 600; heartbeat 30 s)")
+    add_grid(sw, "config overrides applied to every job (keys: `list --keys`)")  # --tasks may list task files
+    add_launcher(sw, "jobs")
+    sw.add_argument("--status", action="store_true",
+                    help="each job's state: its record, its SLURM job and SLURM state, the log of a failed one")
     sw.add_argument("--dry-run", action="store_true", help="list the jobs and which are done; run nothing")
     sw.add_argument("--out", type=Path, default=Path("results"), help="results folder (default ./results)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
@@ -195,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tune.add_argument("--method", required=True, help="augmentation method (see `list`)")
-    tune.add_argument("--task", required=True, help="task (see `list`)")
+    tune.add_argument("--task", required=True, help="task (see `list`), or a task file FILE.toml")
     tune.add_argument("--trials", type=int, default=None, help="run until the study has N finished trials")
     tune.add_argument("--preset", default=None, help="smoke, cpu (default without a GPU), gpu or paper")
     tune.add_argument("--storage", default=None, metavar="URL",
@@ -208,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(tune, "fixed config overrides (a tunable key given here is not searched)")
     tune.add_argument("--out", type=Path, default=Path("results"), help="results folder (default ./results)")
     tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_launcher(tune, "tune workers (each runs trials on the shared study until it has --trials)")
 
     sam = sub.add_parser(
         "samples",
@@ -297,6 +375,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name in reg.names():
             print(f"  {name:<12} {reg.description(name)}")
+        if reg is TASKS:
+            print(f"  {'FILE.toml':<12} a task of your own cohort, from a TOML file and a CSV manifest (`run --help`; "
+                  "README: Your own cohort)")
     print("presets:")
     for name, preset in PRESETS.items():
         print(f"  {name:<12} {preset.description}")
@@ -440,47 +521,75 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from benchmark import sweep
+    from benchmark import launchers, sweep
     from benchmark.config import ConfigError
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    options = slurm_options(args)
+    if args.launcher == "slurm" and args.workers != 1:
+        raise ConfigError("--workers is for --launcher local; on SLURM, --slurm-parallel N caps the jobs running "
+                          "at once")
     methods, tasks, seeds, jobs = plan_grid(args, args.out)
-    queue = sweep.Queue(args.queue or sweep.default_queue_url(args.out), args.stale_after)
-    prep = sweep.prepare(jobs, queue, args.out)
-    rows = sweep.status_rows(jobs, queue)
-    counts = {s: sum(r["state"] == s for r in rows) for s in sweep.STATES}
+    sweep.prepare(jobs, args.out)
+    rows = launchers.slurm_rows(jobs, args.out)
+    counts = {s: sum(r["state"] == s for r in rows) for s in launchers.ROW_STATES}
+    to_run = counts["pending"] + counts["failed"] + counts["cancelled"]
     preset = jobs[0].cfg.preset if jobs else args.preset
     print(f"sweep: {len(methods)} method(s) x {len(tasks)} task(s) x {len(seeds)} seed(s) = {len(jobs)} jobs "
-          f"(preset {preset}); done {counts['done']}, running elsewhere {counts['running']}, "
-          f"to run {counts['pending']}" + (f" (retrying {prep['retried']} failed)" if prep["retried"] else ""))
-    print(f"queue: {queue.url}")
-    if args.dry_run:
-        print(f"{'#':>4}  {'job':<28} {'run hash':<13} {'state':<8} where")
-        for i, r in enumerate(rows, 1):
-            job = r["job"]
-            print(f"{i:>4}  {job.name:<28} {job.key:<13} {r['state']:<8} {r['where']}")
+          f"(preset {preset}); done {counts['done']}, running {counts['running']}, queued {counts['queued']}, "
+          f"to run {to_run}" + "".join(f", of them {counts[s]} {s} before" for s in ("failed", "cancelled")
+                                       if counts[s]))
+    if args.status or args.dry_run:
+        print("\n".join(launchers.status_table(rows)))
+        if args.dry_run:
+            print(f"dry run: nothing was run; {to_run} job(s) would run (--launcher {args.launcher})")
         return 0
-    spec = dict(methods=methods, tasks=tasks, seeds=seeds, preset=args.preset, device=args.device,
-                overrides=args.overrides, stale_after=args.stale_after)
-    result = sweep.run_sweep(jobs, queue, args.out, args.workers, spec, progress=not args.no_progress)
-    rows = sweep.status_rows(jobs, queue)
+    # 1. local: a process pool here
+    if args.launcher == "local":
+        result = launchers.run_local(jobs, args.out, args.workers, progress=not args.no_progress)
+        done = sum(sweep.is_finished(j) for j in jobs)
+        failed = result["failed"]
+        print(f"sweep finished: {done}/{len(jobs)} jobs done" + (f", {len(failed)} failed:" if failed else ""))
+        for job, error in failed:
+            print(f"  {job.name}: {error}")
+        if failed:
+            print("rerun the same command to retry the failed jobs")
+        return EXIT_FAILED if failed else 0
+    # 2. slurm: a job array (two when later jobs reuse a model an earlier one trains)
+    submitted = launchers.submit(jobs, args.out, options)
+    if submitted["kept"]:
+        print(f"{len(submitted['kept'])} job(s) still queued or running on SLURM from before: not submitted again")
+    for job in submitted["elsewhere"]:
+        print(f"{job.name}: being computed by a process of this host ({sweep.lock_holder(job.run_dir)}): "
+              "not submitted")
+    if submitted["submitted"]:
+        print(f"logs: {launchers.slurm_folder(args.out)}/<job id>/<job id>_0_log.out (job ids and logs per run in "
+              f"{launchers.slurm_folder(args.out) / launchers.STATE_FILE})")
+    status = launchers.command_line([a for a in sys.argv[1:] if a != "--no-wait"] + ["--status"])
+    if args.no_wait:
+        print(f"not waiting; the jobs' states: {status}")
+        return 0
+    rows = launchers.wait(jobs, args.out, progress=not args.no_progress)
     done = sum(r["state"] == "done" for r in rows)
-    failed = [r for r in rows if r["state"] == "failed"]
-    print(f"sweep finished: {done}/{len(jobs)} jobs done" + (f", {len(failed)} failed:" if failed else ""))
+    failed = [r for r in rows if r["state"] in ("failed", "cancelled")]
+    print(f"sweep finished: {done}/{len(jobs)} jobs done" + (f", {len(failed)} failed or cancelled:" if failed
+                                                             else ""))
     for r in failed:
-        print(f"  {r['job'].name}: {r['where']}")
+        log = f" (log: {launchers.shown(r['log'])})" if r["log"] and Path(r["log"]).is_file() else ""
+        print(f"  {r['job'].name}: {r['state']}: {r['where']}{log}")
+    for r in rows:
+        if r["state"] not in ("done", "failed", "cancelled"):
+            print(f"  {r['job'].name}: {r['state']} {r['where']}".rstrip())
     if failed:
-        print("rerun the same command to retry the failed jobs")
-    del result
+        print("rerun the same command to submit the failed and cancelled jobs again")
     return EXIT_FAILED if failed else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from benchmark.tune import TuneError, cli
 
+    options = slurm_options(args)
     try:
-        return cli(args)
+        return cli(args, options)
     except TuneError as exc:  # an unusable storage, nothing to evaluate
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -493,14 +602,15 @@ def cmd_samples(args: argparse.Namespace) -> int:
     from benchmark.registry import TASKS, load_plugins
 
     load_plugins()
-    TASKS.get(args.task)
+    task = TASKS.canonical(args.task)  # a task file: its task's name names the figure
+    TASKS.get(task)
     if args.sites < 1 or args.n < 1:
         raise ConfigError(f"--sites and --n must be >= 1, got {args.sites} and {args.n}")
     result = compare.compare(args.task, args.preset, args.device, args.overrides, args.results,
                              per_class=args.sites, n_eval=args.n, progress=not args.no_progress)
     folder = args.out / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    png, csv = folder / f"samples_{args.task}.png", folder / f"samples_{args.task}.csv"
+    png, csv = folder / f"samples_{task}.png", folder / f"samples_{task}.csv"
     with atomic_file(png) as fh:
         fh.write(result.png)
     with atomic_file(csv) as fh:
@@ -521,7 +631,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
           f"site fidelity CLS {s['cls_site_fidelity']:.2f}, MeDi {s['medi_site_fidelity']:.2f}")
     print(f"wrote {png} and {csv}")
     preset = args.preset or build_default_preset(args.device)
-    found = compare.latest_run_id(args.results, "medi", args.task, preset)
+    found = compare.latest_run_id(args.results, "medi", task, preset)
     if found:
         tracking.attach_artifact(found[0], found[1], png, "figures")
         print(f"attached to MLflow run {found[1]} ({found[0]})")

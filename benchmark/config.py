@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-from benchmark.registry import closest, did_you_mean
+from benchmark.registry import TASKS, closest, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -86,13 +86,15 @@ def tunable(
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where patches come from. Embedded generator by default; TCGA-UT when ``root`` and ``metadata`` are set."""
+    """Where patches come from. Embedded generator by default; TCGA-UT when ``root`` and ``metadata`` are set; a
+    cohort of your own when ``manifest`` is set."""
 
     root: str = ""  # TCGA-UT root folder (<root>/<CancerTypeName>/<slide>/*.jpg); empty = embedded generator
     metadata: str = ""  # GDC clinical CSV for TCGA-UT
+    manifest: str = ""  # CSV of your own cohort: path, label, tissue_source_site[, patient_id, race, ...] per image
     image_size: int = 32  # patches are rendered / resized to image_size x image_size
-    on_error: str = "fail"  # TCGA-UT corrupt files: "fail" or "skip" (skipped files are counted in the record)
-    max_patches_per_slide: int = 0  # TCGA-UT: keep at most this many patches per slide (0 = all), deterministic
+    on_error: str = "fail"  # TCGA-UT / manifest corrupt files: "fail" or "skip" (skipped ones counted in the record)
+    max_patches_per_slide: int = 0  # TCGA-UT / manifest: keep at most this many patches per slide (0 = all)
     # embedded generator (tasks/embedded.py)
     sites_per_class: int = 12  # a task with K classes gets K x sites_per_class sites
     patients_per_class: int = 160  # patients of each cancer type in the generated cohort
@@ -105,6 +107,8 @@ class DataConfig:
 
     @property
     def source(self) -> str:
+        if self.manifest:
+            return "manifest"
         return "tcga-ut" if self.root else "embedded"
 
 
@@ -206,6 +210,10 @@ class RunConfig:
     probe: ProbeConfig = ProbeConfig()
     method_params: Any = None  # the method's own Params dataclass, resolved for the preset
     seeds: SeedConfig = SeedConfig()
+    # a task defined by a file (``--task path/to/task.toml``): its path and the SHA-256 of its content, so that two
+    # files with the same task name never share a run (both are part of the run hash); empty for registered tasks
+    task_file: str = ""
+    task_sha256: str = ""
 
     @property
     def name(self) -> str:
@@ -349,16 +357,22 @@ def resolve(
     overrides: dict[str, str] | None = None,
     method_params: Any = None,
 ) -> RunConfig:
-    """Preset + overrides -> a complete RunConfig. ``method_params`` is the method's Params for the preset."""
+    """Preset + task defaults + overrides -> a complete RunConfig. ``method_params`` is the method's Params for the
+    preset. ``task`` may be a task file's path (then the config names the task by its name, and records the file and
+    its content hash); a task file's settings (``Task.config_defaults``: split fractions, manifest) come before the
+    overrides."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; choose from: "
                           f"{', '.join(PRESETS)}")
     p = PRESETS[preset]
+    task = TASKS.canonical(task)  # a task file is read (and registered) here
+    task_cls = TASKS.get(task) if task in TASKS else None
+    defaults = dict(getattr(task_cls, "config_defaults", None) or {})
     grouped = split_overrides(overrides or {})
     if "seed" in grouped[""]:
         seed = parse_value(grouped[""]["seed"], int, "seed")
-    data = apply_overrides(p.data, grouped["data"], "data")
-    split = apply_overrides(p.split, grouped["split"], "split")
+    data = apply_overrides(_with_defaults(p.data, defaults, "data"), grouped["data"], "data")
+    split = apply_overrides(_with_defaults(p.split, defaults, "split"), grouped["split"], "split")
     probe = apply_overrides(p.probe, grouped["probe"], "probe")
     seeds = apply_overrides(SeedConfig(), grouped["seeds"], "seeds")
     if grouped["method"]:
@@ -368,7 +382,28 @@ def resolve(
     _validate(data, split, probe, seeds)
     if seed < 0:
         raise ConfigError(f"seed={seed} is invalid: expected >= 0")
-    return RunConfig(method, task, preset, seed, device, data, split, probe, method_params, seeds)
+    return RunConfig(method, task, preset, seed, device, data, split, probe, method_params, seeds,
+                     getattr(task_cls, "source_file", ""), getattr(task_cls, "source_sha256", ""))
+
+
+def _with_defaults(obj: Any, defaults: dict[str, Any], prefix: str) -> Any:
+    """``obj`` with a task's typed defaults for its section (``{"split.heldout_fraction": 0.4, ...}``) applied."""
+    changes = {key.split(".", 1)[1]: value for key, value in defaults.items() if key.split(".", 1)[0] == prefix}
+    unknown = [name for name in changes if name not in {f.name for f in fields(obj)}]
+    if unknown:
+        raise ConfigError(f"task defaults name unknown {prefix} fields {unknown}")
+    return replace(obj, **changes) if changes else obj
+
+
+def split_checks(split: SplitConfig) -> list[tuple[bool, str, Any, str]]:
+    """(ok, key, value, what is expected) for every constraint on a SplitConfig (also used by task files)."""
+    return [
+        (0.0 < split.heldout_fraction < 1.0, "split.heldout_fraction", split.heldout_fraction, "in (0, 1)"),
+        (split.guard in ("key", "site"), "split.guard", split.guard, "'key' or 'site'"),
+        (0.0 < split.val_fraction < 0.5, "split.val_fraction", split.val_fraction, "in (0, 0.5)"),
+        (0.0 < split.test_seen_fraction < 0.5, "split.test_seen_fraction", split.test_seen_fraction, "in (0, 0.5)"),
+        (len(split.heldout_keys) > 0, "split.heldout_keys", split.heldout_keys, "at least one metadata column"),
+    ]
 
 
 def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig, seeds: SeedConfig) -> None:
@@ -378,12 +413,10 @@ def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig, seeds: S
         (data.image_size in (32, 64, 128, 256), "data.image_size", data.image_size, "one of 32, 64, 128, 256"),
         (data.on_error in ("fail", "skip"), "data.on_error", data.on_error, "'fail' or 'skip'"),
         (bool(data.root) == bool(data.metadata), "data.metadata", data.metadata, "set together with data.root"),
+        (not (data.manifest and data.root), "data.manifest", data.manifest,
+         "not set together with data.root (a cohort comes from a manifest or from a TCGA-UT folder)"),
         (0.0 <= data.shortcut_strength <= 1.0, "data.shortcut_strength", data.shortcut_strength, "in [0, 1]"),
-        (0.0 < split.heldout_fraction < 1.0, "split.heldout_fraction", split.heldout_fraction, "in (0, 1)"),
-        (split.guard in ("key", "site"), "split.guard", split.guard, "'key' or 'site'"),
-        (0.0 < split.val_fraction < 0.5, "split.val_fraction", split.val_fraction, "in (0, 0.5)"),
-        (0.0 < split.test_seen_fraction < 0.5, "split.test_seen_fraction", split.test_seen_fraction, "in (0, 0.5)"),
-        (len(split.heldout_keys) > 0, "split.heldout_keys", split.heldout_keys, "at least one metadata column"),
+        *split_checks(split),
         (probe.C > 0, "probe.C", probe.C, "> 0"),
         (probe.min_group_size >= 1, "probe.min_group_size", probe.min_group_size, ">= 1"),
         (probe.min_group_patients >= 1, "probe.min_group_patients", probe.min_group_patients, ">= 1"),

@@ -27,7 +27,7 @@ METADATA_COLUMNS: tuple[str, ...] = (
     "patient_id",  # str, TCGA-XX-YYYY
     "slide_id",  # str, TCGA slide barcode
     "is_synthetic",  # bool, True for patches a method generated
-    "source",  # str, where the patch came from: "embedded", "tcga-ut", or a method name
+    "source",  # str, where the patch came from: "embedded", "tcga-ut", "manifest", or a method name
 )
 UNKNOWN = "Unknown"
 

@@ -29,6 +29,12 @@ class Task:
     classes: ClassVar[tuple[str, ...]] = ()  # cancer type codes, in label order
     metadata_columns: ClassVar[tuple[str, ...]] = ("tissue_source_site", "race", "gender", "age_at_index")
     group_columns: ClassVar[tuple[str, ...]] = ("cancer_type", "tissue_source_site", "race")
+    # a task defined by a file (tasks/task_file.py): the file, the SHA-256 of its content (both enter the run config
+    # and so the run hash) and the config values it sets, typed, applied before any --set
+    # (e.g. {"split.heldout_fraction": 0.4})
+    source_file: ClassVar[str] = ""
+    source_sha256: ClassVar[str] = ""
+    config_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, data: DataConfig, split: SplitConfig, cache_dir: Path | None = None, progress: bool = False):
         self.data = data

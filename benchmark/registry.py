@@ -29,11 +29,16 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """Maps explicit lowercase names to factories, each with a one-line description."""
+    """Maps explicit lowercase names to factories, each with a one-line description.
 
-    def __init__(self, kind: str):
+    A resolver (:meth:`add_resolver`) lets a reference that is not a name stand for an entry: the task registry's
+    resolver reads a task file (``path/to/task.toml``), registers its task and answers with its name."""
+
+    def __init__(self, kind: str, other_choices: str = ""):
         self.kind = kind
+        self.other_choices = other_choices  # named after the choices in the unknown-name message
         self._entries: dict[str, tuple[T, str]] = {}
+        self._resolvers: list[Callable[[str], str | None]] = []
 
     def register(self, name: str, description: str) -> Callable[[T], T]:
         """Decorator: ``@METHODS.register("none", "no augmentation")``."""
@@ -48,13 +53,33 @@ class Registry(Generic[T]):
 
         return deco
 
+    def add_resolver(self, resolver: Callable[[str], str | None]) -> None:
+        """``resolver(reference)`` registers what a reference that is no registered name stands for and returns its
+        name, or returns None when the reference is not its kind (it raises when it is, but is broken)."""
+        if resolver not in self._resolvers:
+            self._resolvers.append(resolver)
+
+    def canonical(self, name: str) -> str:
+        """The registered name ``name`` stands for: itself, or what a resolver made of it (a task file -> its
+        task's name); an unknown name is returned as it is."""
+        if name in self._entries:
+            return name
+        for resolver in self._resolvers:
+            found = resolver(name)
+            if found is not None:
+                return found
+        return name
+
     def get(self, name: str) -> T:
+        name = self.canonical(name)
         if name not in self._entries:
             hint = did_you_mean(name, self.names())
-            raise RegistryError(f"unknown {self.kind} {name!r}{hint}; choose from: {', '.join(self.names())}")
+            other = f", {self.other_choices}" if self.other_choices else ""
+            raise RegistryError(f"unknown {self.kind} {name!r}{hint}; choose from: {', '.join(self.names())}{other}")
         return self._entries[name][0]
 
     def description(self, name: str) -> str:
+        name = self.canonical(name)
         self.get(name)
         return self._entries[name][1]
 
@@ -74,8 +99,23 @@ class Registry(Generic[T]):
 # The suite's three registries; the built-ins register themselves when methods/, tasks/ and benchmark.encoders
 # import, installed packages through the entry-point groups medibench.methods, .tasks and .encoders (plugins.py).
 METHODS: Registry = Registry("method")
-TASKS: Registry = Registry("task")
+TASKS: Registry = Registry("task", "or a task file (path/to/task.toml)")
 ENCODERS: Registry = Registry("encoder")
+
+
+def ensure_task(cfg) -> None:
+    """Make a run config's task known in this process (built-ins and plug-ins loaded; a task file's task read again
+    from ``cfg.task_file``): for a worker process or a cluster job that receives configs rather than command lines.
+    A task file whose content is no longer the one the config was made with (``cfg.task_sha256``) is an error."""
+    load_plugins()
+    path = getattr(cfg, "task_file", "")
+    if not path or cfg.task in TASKS and getattr(TASKS.get(cfg.task), "source_sha256", "") == cfg.task_sha256:
+        return
+    name = TASKS.canonical(path)
+    found = getattr(TASKS.get(name), "source_sha256", "")
+    if name != cfg.task or found != cfg.task_sha256:
+        raise RegistryError(f"task file {path!r} changed since run {cfg.name} was planned (task {name!r}, SHA-256 "
+                            f"{found[:12]}, planned {cfg.task!r}, {cfg.task_sha256[:12]}); plan the runs again")
 
 
 def load_plugins() -> None:

@@ -246,7 +246,9 @@ def run_one(
     """Run ``cfg`` (or reuse its finished record) and return the record. ``tags``: extra MLflow run tags (e.g.
     ``optuna_trial``); a reused run is not logged again, so it keeps the tags it was made with."""
     from benchmark import tracking
+    from benchmark.registry import ensure_task
 
+    ensure_task(cfg)  # a config sent to a worker or a cluster job: its task (maybe from a file) known here too
     results_dir = Path(results_dir)
     run_dir = run_dir_for(cfg, results_dir)
     # 1. reuse a finished run

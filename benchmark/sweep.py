@@ -1,42 +1,41 @@
-"""Sweeps: every method x task x seed, content-addressed, resumable, on several workers and several machines.
+"""Sweeps: every method x task x seed, content-addressed and resumable; run by a launcher (:mod:`benchmark.launchers`:
+a process pool on this machine, or a SLURM job array through submitit).
 
 A sweep is a list of jobs, each one ``RunConfig``; a job's key is the run's content address (``RunConfig.digest``),
-so the same config is never run twice and a finished job (its ``record.json`` exists) is skipped. Jobs are queued
-in a table of a SQL database (SQLAlchemy; sqlite ``<out>/sweep.db`` by default, any shared database such as
-PostgreSQL for several machines). A worker claims a job with one conditional ``UPDATE ... WHERE state='pending'``;
-the database makes that atomic, so two workers, on one host or on many, never run the same job. Claims carry a
-heartbeat: a claim whose worker died (its PID is gone on this host, or no heartbeat for ``stale_after`` seconds
-elsewhere) goes back to pending. Ctrl-C releases the claims of unfinished jobs; the runner has already marked
-their MLflow runs KILLED and written no record, so a rerun of the same command picks them up again.
+so the same config is never run twice and a finished job (its ``record.json`` exists) is skipped: running the same
+command again resumes a sweep. Nothing else holds a sweep's state: there is no queue and no database. That a job never
+runs twice at the same time (two workers, two sweep commands, a SLURM job and a local sweep, two machines sharing the
+results folder) is the per-run lock's guarantee (``runner._RunLock``, ``flock``, released by the operating system
+however its holder dies): a job whose lock another process holds is *running elsewhere*.
 
 Order: seed 0 of every (task, method) first, then seed 1, ... so parallel workers train different generative
-models at the same time, and later seeds find the trained model in the cache (``benchmark/training.py``; a worker
-that needs a model another worker is training waits for it instead of training it twice).
+models at the same time. Each replicate trains its own model unless ``seeds.split`` and ``seeds.model`` are pinned;
+then the jobs of one method differ only in their sampling and probe seeds and share one model
+(:func:`model_group`): the first trains it, the others find it in the cache (``benchmark/training.py``; a process
+that needs a model another process is training waits for it, and on SLURM they are submitted after it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark import interrupts, threads
 from benchmark.cache import pid_alive
 from benchmark.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
-STATES = ("pending", "running", "done", "failed")
+WAIT_SECONDS = 5.0  # poll interval while another process holds a job's lock
 
 
 class SweepError(RuntimeError):
-    """The sweep cannot go on as asked (unusable queue database, ...); the message says why."""
+    """The sweep cannot go on as asked (no SLURM here, a rejected submission, ...); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -116,158 +115,72 @@ def is_finished(job: Job) -> bool:
     return load_record(job.run_dir) is not None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the shared queue
+def prepare(jobs: Sequence[Job], results_dir: Path) -> set[str]:
+    """The keys of the finished jobs; a finished run missing from results.jsonl (a process killed just after its
+    record) gets its line."""
+    from benchmark import tracking
+    from benchmark.runner import load_record
+
+    finished = set()
+    for job in jobs:
+        record = load_record(job.run_dir)
+        if record is not None:
+            tracking.append_record(results_dir, record, if_missing=True)
+            finished.add(job.key)
+    return finished
 
 
-def default_queue_url(results_dir: Path) -> str:
-    return f"sqlite:///{Path(results_dir).resolve() / 'sweep.db'}"
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class Queue:
-    """The job table in a SQL database; every state change is one atomic conditional UPDATE."""
-
-    def __init__(self, url: str, stale_after: float = 600.0):
-        import sqlalchemy as sa
-
-        self.url = url
-        self.stale_after = stale_after
-        try:
-            kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-            if url.startswith("sqlite:///"):
-                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = sa.create_engine(url, **kwargs)
-            meta = sa.MetaData()
-            self.jobs = sa.Table(
-                "medibench_sweep_jobs",
-                meta,
-                sa.Column("key", sa.String(64), primary_key=True),
-                sa.Column("ord", sa.Integer, nullable=False),
-                sa.Column("name", sa.String(200), nullable=False),
-                sa.Column("method", sa.String(100), nullable=False),
-                sa.Column("task", sa.String(100), nullable=False),
-                sa.Column("seed", sa.Integer, nullable=False),
-                sa.Column("preset", sa.String(50), nullable=False),
-                sa.Column("state", sa.String(16), nullable=False, default="pending"),
-                sa.Column("owner", sa.String(300)),
-                sa.Column("heartbeat", sa.Float),
-                sa.Column("attempts", sa.Integer, nullable=False, default=0),
-                sa.Column("finished", sa.Float),
-                sa.Column("summary", sa.Text),  # JSON: a few metrics, run dir, duration, host
-                sa.Column("error", sa.Text),
-            )
-            meta.create_all(self.engine)
-        except Exception as exc:  # a bad URL, a missing driver, an unreachable server
-            raise SweepError(f"sweep queue {url!r} is unusable: {type(exc).__name__}: {str(exc).splitlines()[0]}") \
-                from None
-
-    def _exec(self, stmt):
-        with self.engine.begin() as conn:
-            return conn.execute(stmt)
-
-    def register(self, jobs: Sequence[Job]) -> None:
-        """Add the jobs that are not in the table yet (another host may have added them already)."""
-        import sqlalchemy as sa
-
-        with self.engine.begin() as conn:
-            have = {r[0] for r in conn.execute(sa.select(self.jobs.c.key))}
-            rows = [
-                dict(key=j.key, ord=j.order, name=j.name, method=j.cfg.method, task=j.cfg.task, seed=j.cfg.seed,
-                     preset=j.cfg.preset, state="pending", attempts=0)
-                for j in jobs
-                if j.key not in have
-            ]
-            if rows:
-                try:
-                    conn.execute(sa.insert(self.jobs), rows)
-                except sa.exc.IntegrityError:  # a concurrent registration won; fine
-                    pass
-
-    def rows(self, keys: Sequence[str] | None = None) -> dict[str, dict]:
-        import sqlalchemy as sa
-
-        stmt = sa.select(self.jobs)
-        if keys is not None:
-            stmt = stmt.where(self.jobs.c.key.in_(list(keys)))
-        with self.engine.connect() as conn:
-            return {r.key: dict(r._mapping) for r in conn.execute(stmt)}
-
-    def reset_failed(self, keys: Sequence[str]) -> int:
-        """A new sweep command retries jobs that failed before."""
-        import sqlalchemy as sa
-
-        stmt = (sa.update(self.jobs).where(self.jobs.c.key.in_(list(keys)), self.jobs.c.state == "failed")
-                .values(state="pending", owner=None, error=None))
-        return self._exec(stmt).rowcount
-
-    def recover_stale(self) -> int:
-        """Claims whose worker is gone go back to pending: a dead PID on this host, or an old heartbeat."""
-        import sqlalchemy as sa
-
-        host = socket.gethostname()
-        now = time.time()
-        freed = 0
-        for key, row in self.rows().items():
-            if row["state"] != "running":
-                continue
-            owner_host, _, pid = (row["owner"] or "").rpartition(":")
-            dead_here = owner_host == host and pid.isdigit() and not pid_alive(int(pid))
-            silent = row["heartbeat"] is None or now - row["heartbeat"] > self.stale_after
-            if dead_here or silent:
-                stmt = (sa.update(self.jobs)
-                        .where(self.jobs.c.key == key, self.jobs.c.state == "running",
-                               self.jobs.c.owner == row["owner"])
-                        .values(state="pending", owner=None))
-                freed += self._exec(stmt).rowcount
-        return freed
-
-    def claim(self, keys: Sequence[str], worker: str) -> str | None:
-        """Claim the first pending job among ``keys`` (in sweep order); None when none is left."""
-        import sqlalchemy as sa
-
-        candidates = sa.select(self.jobs.c.key).where(self.jobs.c.key.in_(list(keys)),
-                                                      self.jobs.c.state == "pending").order_by(self.jobs.c.ord)
-        with self.engine.connect() as conn:
-            pending = [r[0] for r in conn.execute(candidates)]
-        for key in pending:
-            stmt = (sa.update(self.jobs)
-                    .where(self.jobs.c.key == key, self.jobs.c.state == "pending")
-                    .values(state="running", owner=worker, heartbeat=time.time(),
-                            attempts=self.jobs.c.attempts + 1))
-            if self._exec(stmt).rowcount == 1:
-                return key
+def lock_holder(run_dir: Path) -> str | None:
+    """Who computes the run now, as its lock file names it (``host pid``), or None. The name stays in the file when
+    its holder is killed (the lock itself is released): a holder on this host whose process is gone is None; one on
+    another host is shown as named."""
+    try:
+        text = (run_dir / ".lock").read_text().strip()
+    except OSError:
         return None
+    if not text:
+        return None
+    host, _, pid = text.rpartition(" ")
+    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+        return None
+    return text
 
-    def _set(self, key: str, worker: str, **values) -> bool:
-        import sqlalchemy as sa
 
-        stmt = (sa.update(self.jobs).where(self.jobs.c.key == key, self.jobs.c.owner == worker)
-                .values(**values))
-        return self._exec(stmt).rowcount == 1
+def holder_is_here(holder: str | None) -> bool:
+    """Whether a lock holder (``host pid``) is a live process of this host."""
+    return bool(holder) and holder.rpartition(" ")[0] == socket.gethostname()
 
-    def heartbeat(self, key: str, worker: str) -> bool:
-        return self._set(key, worker, heartbeat=time.time())
 
-    def finish(self, key: str, worker: str, summary: dict) -> None:
-        self._set(key, worker, state="done", finished=time.time(), summary=json.dumps(summary), error=None)
+def model_group(cfg: RunConfig) -> str | None:
+    """The generative model a job trains or reuses: jobs with the same group share one model (they differ only in the
+    sampling and probe seeds and in the probe's settings, which the model does not see); None for a method that
+    trains no generative model."""
+    from benchmark.registry import METHODS
 
-    def fail(self, key: str, worker: str, error: str) -> None:
-        self._set(key, worker, state="failed", finished=time.time(), error=error[:2000])
+    if not METHODS.get(cfg.method)(cfg.method_params).generative:
+        return None
+    payload = cfg.to_dict()
+    for key in ("seed", "seeds", "probe"):
+        payload.pop(key, None)
+    payload["model_seeds"] = {source: cfg.seed_for(source) for source in ("split", "model")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
-    def release(self, key: str, worker: str) -> None:
-        self._set(key, worker, state="pending", owner=None)
 
-    def mark_done(self, key: str, summary: dict) -> None:
-        """A job whose record already exists (finished by a plain `run` or an earlier sweep)."""
-        import sqlalchemy as sa
-
-        stmt = (sa.update(self.jobs).where(self.jobs.c.key == key, self.jobs.c.state != "done")
-                .values(state="done", summary=json.dumps(summary), finished=time.time()))
-        self._exec(stmt)
+def model_waits(jobs: Sequence[Job], finished: set[str]) -> dict[str, str]:
+    """job key -> the key of the job that trains its model (the first unfinished job of its group, in sweep order),
+    for the group's later unfinished jobs. A group with a finished job has its model already: nobody waits."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        group = model_group(job.cfg)
+        if group is not None:
+            groups.setdefault(group, []).append(job)
+    waits = {}
+    for members in groups.values():
+        if any(m.key in finished for m in members):
+            continue
+        trainer, *later = members
+        waits.update({m.key: trainer.key for m in later})
+    return waits
 
 
 def summarize(record: dict) -> dict:
@@ -281,136 +194,7 @@ def summarize(record: dict) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# workers
-
-
-class _Heartbeat:
-    """Refreshes a claim's heartbeat from a thread while the job runs."""
-
-    def __init__(self, queue: Queue, key: str, worker: str, every: float):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(queue, key, worker, every), daemon=True)
-
-    def _beat(self, queue: Queue, key: str, worker: str, every: float) -> None:
-        while not self._stop.wait(every):
-            try:
-                queue.heartbeat(key, worker)
-            except Exception as exc:  # a flaky database must not kill the job; the claim may go stale
-                log.warning("heartbeat failed: %s", exc)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def work(
-    jobs: Sequence[Job],
-    queue: Queue,
-    results_dir: Path,
-    progress: bool,
-    on_event: Callable[[str, Job, dict], None] | None = None,
-    heartbeat_every: float = 30.0,
-) -> dict[str, int]:
-    """Claim and run jobs until none is pending; counts of done / failed jobs by this worker."""
-    from benchmark.runner import run_one
-
-    worker = _worker_id()
-    by_key = {j.key: j for j in jobs}
-    counts = {"done": 0, "failed": 0}
-    while True:
-        queue.recover_stale()
-        key = queue.claim(list(by_key), worker)
-        if key is None:
-            return counts
-        job = by_key[key]
-        if on_event:
-            on_event("start", job, {})
-        try:
-            with _Heartbeat(queue, key, worker, heartbeat_every):
-                record = run_one(job.cfg, results_dir, progress=progress)
-        except KeyboardInterrupt:
-            queue.release(key, worker)
-            raise
-        except Exception as exc:  # one failed job does not stop the sweep; it is reported and retried next time
-            log.debug("%s failed", job.name, exc_info=True)
-            message = f"{type(exc).__name__}: {exc}"
-            queue.fail(key, worker, message)
-            counts["failed"] += 1
-            log.error("%s failed: %s", job.name, message)
-            if on_event:
-                on_event("failed", job, {"error": message})
-            continue
-        summary = summarize(record)
-        queue.finish(key, worker, summary)
-        counts["done"] += 1
-        if on_event:
-            on_event("done", job, summary)
-
-
-def _worker_main(spec: dict) -> dict[str, int]:
-    """Entry point of a worker process (spawned): rebuild the jobs from their configs and work."""
-    threads.limit(spec["threads"])
-    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s worker {os.getpid()}: %(message)s")
-    interrupts.install()
-    jobs = plan_jobs(spec["methods"], spec["tasks"], spec["seeds"], spec["preset"], spec["device"],
-                     spec["overrides"], Path(spec["results_dir"]))
-    keys = set(spec["keys"])
-    jobs = [j for j in jobs if j.key in keys]
-    queue = Queue(spec["queue_url"], spec["stale_after"])
-    try:
-        return work(jobs, queue, Path(spec["results_dir"]), progress=False)
-    except KeyboardInterrupt:
-        return {"done": 0, "failed": 0, "interrupted": 1}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the sweep command
-
-
-def status_rows(jobs: Sequence[Job], queue: Queue) -> list[dict]:
-    """One row per job: what is done (here or on another host), running (where), failed or pending."""
-    rows = queue.rows([j.key for j in jobs])
-    out = []
-    for job in jobs:
-        row = rows.get(job.key, {})
-        state = row.get("state", "pending")
-        where = ""
-        if is_finished(job):
-            state, where = "done", "record here"
-        elif state == "done":
-            where = "on " + str((json.loads(row.get("summary") or "{}")).get("host") or "another host")
-        elif state == "running":
-            where = str(row.get("owner") or "")
-        elif state == "failed":
-            where = str(row.get("error") or "")[:80]
-        out.append({"job": job, "state": state, "where": where})
-    return out
-
-
-def prepare(jobs: Sequence[Job], queue: Queue, results_dir: Path) -> dict[str, int]:
-    """Register the jobs, mark those with a record as done, retry failed ones, free claims of dead workers."""
-    from benchmark import tracking
-    from benchmark.runner import load_record
-
-    queue.register(jobs)
-    skipped = 0
-    for job in jobs:
-        record = load_record(job.run_dir)
-        if record is not None:
-            tracking.append_record(results_dir, record, if_missing=True)  # a run interrupted just after its record
-            queue.mark_done(job.key, summarize(record))
-            skipped += 1
-    retried = queue.reset_failed([j.key for j in jobs])
-    freed = queue.recover_stale()
-    return {"skipped": skipped, "retried": retried, "freed": freed}
-
-
-def _fmt_summary(summary: dict) -> str:
+def fmt_summary(summary: dict) -> str:
     bal = summary.get("test_unseen/balanced_accuracy")
     worst = summary.get("test_unseen/worst_group_accuracy")
     dur = summary.get("duration_s")
@@ -424,81 +208,41 @@ def _fmt_summary(summary: dict) -> str:
     return ", ".join(parts)
 
 
-def run_sweep(
-    jobs: Sequence[Job],
-    queue: Queue,
-    results_dir: Path,
-    workers: int,
-    spec: dict,
-    progress: bool = True,
-    echo: Callable[[str], None] = print,
-    poll: float = 2.0,
-) -> dict[str, int]:
-    """Run every pending job with ``workers`` local workers; other hosts may work on the same queue meanwhile."""
-    keys = [j.key for j in jobs]
-    total = len(jobs)
+def run_job(job: Job, results_dir: Path, progress: bool = False, wait: bool = False,
+            echo: Callable[[str], None] | None = None) -> dict:
+    """Run one job (``run_one``; a finished run is reused). Returns ``{"state": "done", "summary"}``, ``{"state":
+    "failed", "error"}`` (one failed job does not stop the sweep), or ``{"state": "busy", "error"}`` when another
+    process holds the job's lock; with ``wait``, wait for that process instead and then reuse its record (or run the
+    job if it stopped without one). KeyboardInterrupt propagates."""
+    from benchmark.runner import RunBusy, run_one
 
-    def counts() -> dict[str, int]:
-        c = {s: 0 for s in STATES}
-        for r in status_rows(jobs, queue):
-            c[r["state"]] += 1
-        return c
+    said = False
+    while True:
+        try:
+            record = run_one(job.cfg, results_dir, progress=progress)
+        except RunBusy as busy:
+            if not wait:
+                return {"state": "busy", "error": str(busy)}
+            if echo is not None and not said:
+                echo(f"{job.name}: running elsewhere ({lock_holder(job.run_dir) or '?'}); waiting for it")
+                said = True
+            time.sleep(WAIT_SECONDS)
+            continue
+        except Exception as exc:
+            log.debug("%s failed", job.name, exc_info=True)
+            return {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"state": "done", "summary": summarize(record), "reused": bool(record.get("reused"))}
 
-    if workers <= 1:
-        done_before = counts()["done"]
-        position = [done_before]
 
-        def on_event(kind: str, job: Job, info: dict) -> None:
-            if kind == "start":
-                echo(f"[{position[0] + 1}/{total}] {job.name} ({job.cfg.preset}) ...")
-            elif kind == "done":
-                position[0] += 1
-                echo(f"[{position[0]}/{total}] {job.name}: done, {_fmt_summary(info)}")
-            else:
-                echo(f"[-/{total}] {job.name}: FAILED: {info.get('error')}")
-
-        return work(jobs, queue, results_dir, progress, on_event)
-
-    import multiprocessing as mp
-
-    from tqdm import tqdm
-
-    ctx = mp.get_context("spawn")
-    spec = dict(spec, keys=keys, threads=threads.share(workers), queue_url=queue.url,
-                results_dir=str(results_dir))
-    procs = [ctx.Process(target=_worker_main, args=(spec,), daemon=False) for _ in range(workers)]
-    for p in procs:
-        p.start()
-    seen: dict[str, str] = {}
-    bar = tqdm(total=total, desc="sweep", unit="job", disable=not progress, dynamic_ncols=True)
-    try:
-        while True:
-            rows = status_rows(jobs, queue)
-            for r in rows:
-                job, state = r["job"], r["state"]
-                if seen.get(job.key) != state:
-                    if state == "done" and job.key in seen:
-                        info = queue.rows([job.key]).get(job.key, {})
-                        tqdm.write(f"{job.name}: done, {_fmt_summary(json.loads(info.get('summary') or '{}'))}")
-                    elif state == "failed":
-                        tqdm.write(f"{job.name}: FAILED: {r['where']}")
-                    elif state == "running":
-                        tqdm.write(f"{job.name}: started by {r['where']}")
-                    seen[job.key] = state
-            n_done = sum(r["state"] == "done" for r in rows)
-            running = [r["job"].name for r in rows if r["state"] == "running"]
-            bar.n = n_done
-            bar.set_postfix_str(f"running: {', '.join(running) or '-'}", refresh=True)
-            if not any(p.is_alive() for p in procs):
-                break
-            time.sleep(poll)
-    except KeyboardInterrupt:
-        for p in procs:  # the workers got the same SIGINT; give them time to release claims and mark MLflow
-            p.join(timeout=30)
-        raise
-    finally:
-        bar.close()
-    for p in procs:
-        p.join()
-    final = counts()
-    return {"done": final["done"], "failed": final["failed"]}
+def local_rows(jobs: Sequence[Job]) -> list[dict]:
+    """One row per job: done (its record), running (its lock's holder: this or another host), or pending."""
+    out = []
+    for job in jobs:
+        if is_finished(job):
+            state, where = "done", "record here"
+        elif (holder := lock_holder(job.run_dir)) is not None:
+            state, where = "running", f"lock held by {holder}"
+        else:
+            state, where = "pending", ""
+        out.append({"job": job, "state": state, "where": where})
+    return out

@@ -62,14 +62,17 @@ class Setup:
     base: RunConfig  # the config at run seed 0 without any searched value
 
     def signature(self) -> dict[str, Any]:
-        return {"method": self.method, "task": self.task, "preset": self.preset, "overrides": self.overrides,
-                "seeds": self.seeds}
+        out = {"method": self.method, "task": self.base.task, "preset": self.preset, "overrides": self.overrides,
+               "seeds": self.seeds}
+        if self.base.task_sha256:  # a task file: its content too (another file may give the same name)
+            out["task_sha256"] = self.base.task_sha256
+        return out
 
     def command(self, *extra: str, seeds: bool = True) -> str:
         """The ``tune`` command line for this study (defaults left out)."""
         args = ["python", "-m", "benchmark", "tune", "--method", self.method, "--task", self.task,
                 "--preset", self.preset]
-        if self.study_name != default_study_name(self.method, self.task, self.preset):
+        if self.study_name != default_study_name(self.method, self.base.task, self.preset):
             args += ["--study", self.study_name]
         if self.storage != default_storage(self.out):
             args += ["--storage", display_url(self.storage)]
@@ -134,7 +137,7 @@ def prepare(
     out = Path(out)
     return Setup(
         method, task, base.preset, device, seeds, fixed, out, storage or default_storage(out),
-        study or default_study_name(method, task, base.preset), space, base,
+        study or default_study_name(method, base.task, base.preset), space, base,
     )
 
 
@@ -559,14 +562,47 @@ def best(
     return {"trial": b.number, "params": dict(b.params), "seeds": seeds, "records": records, "table": table}
 
 
-def cli(args) -> int:
-    """``python -m benchmark tune`` (arguments parsed in __main__)."""
+def cli(args, slurm=None) -> int:
+    """``python -m benchmark tune`` (arguments parsed in __main__); ``slurm``: the ``--slurm-*`` resources
+    (``benchmark.launchers.SlurmOptions``) for ``--launcher slurm``."""
     common = dict(preset=args.preset, storage=args.storage, study=args.study, overrides=args.overrides,
                   out=args.out, device=args.device)
+    launcher, workers = getattr(args, "launcher", "local"), getattr(args, "workers", 1)
     if args.best:
+        if launcher != "local" or workers != 1:
+            raise ConfigError("--best runs here (a few fresh-seed runs); leave out --launcher and --workers")
         best(args.method, args.task, best_seeds=args.best_seeds, **common)
         return 0
     if args.trials is None:
         raise ConfigError("tune needs --trials N (run until the study has N finished trials) or --best")
+    if launcher != "local" or workers != 1:
+        return launch_workers(args, launcher, workers, slurm)
     tune(args.method, args.task, args.trials, seeds=args.seeds, sampler_seed=args.sampler_seed, **common)
     return 0
+
+
+def launch_workers(args, launcher: str, workers: int, slurm, echo: Callable[..., None] = _print) -> int:
+    """``--workers N`` tune workers on this machine (a process pool) or as a SLURM job array, all on one study
+    (Optuna's storage shares it: each worker runs trials until the study has --trials finished ones). Each worker's
+    sampler seed differs, so workers that start together do not suggest the same first trials."""
+    from benchmark import launchers
+
+    setup = prepare(args.method, args.task, args.preset, args.seeds, args.overrides, args.out, args.device,
+                    args.storage, args.study)
+    if not setup.space:
+        raise ConfigError(f"nothing to tune for {args.method} on preset {setup.preset}")
+    open_study(setup, args.sampler_seed)  # created (and its settings checked) once, before the workers start
+    base = dict(method=args.method, task=args.task, trials=args.trials, preset=setup.preset, storage=setup.storage,
+                study=setup.study_name, seeds=setup.seeds, overrides=dict(setup.overrides), out=str(setup.out),
+                device=args.device)
+    kwargs = [dict(base, sampler_seed=args.sampler_seed + 7919 * i) for i in range(workers)]
+    echo(f"study {setup.study_name} ({display_url(setup.storage)}): {workers} worker(s), --launcher {launcher}, "
+         f"until {args.trials} finished trial(s)")
+    wait = not getattr(args, "no_wait", False)
+    errors = launchers.run_tune_workers(launcher, kwargs, setup.out, slurm, wait, echo)
+    if not wait:
+        echo(f"not waiting; the study's state: {setup.command('--trials', str(args.trials))} (with no trials left "
+             "to run it only prints the study)")
+        return 0
+    summarize(open_study(setup, args.sampler_seed), setup, args.trials, echo)
+    return 1 if errors else 0

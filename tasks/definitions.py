@@ -1,7 +1,8 @@
 """The benchmark's tasks: nsclc (LUAD vs LUSC), uterine (UCEC vs UCS) and heldout (pan-cancer, held-out site x race).
 
-Every task reads its patches from the embedded generator (default) or from a TCGA-UT copy (``data.root`` and
-``data.metadata`` set), and splits them the same way (tasks/splits.py).
+Every task reads its patches from the embedded generator (default), from a TCGA-UT copy (``data.root`` and
+``data.metadata`` set) or from a CSV manifest of any cohort (``data.manifest``), and splits them the same way
+(tasks/splits.py). A task of your own is a TOML file (tasks/task_file.py).
 """
 
 from __future__ import annotations
@@ -26,10 +27,21 @@ class CancerTypeTask(Task):
     """Classify the cancer type of a patch; the group of a patch is its class x site x race."""
 
     def load(self) -> Split:
-        """Every patch of the task's classes, images in memory, metadata with METADATA_COLUMNS."""
+        """Every patch of the task's classes, images in memory, metadata with METADATA_COLUMNS (and a manifest's other
+        columns)."""
         if self.data.source == "tcga-ut":
             return self._load_tcga_ut()
+        if self.data.source == "manifest":
+            return self._load_manifest()
         return self._load_embedded()
+
+    def origin(self) -> str:
+        """How messages about this task's data name it."""
+        return f"task {self.name!r}"
+
+    def manifest_columns(self) -> dict[str, tuple[str, ...]]:
+        """The manifest columns the task needs, by where they were asked for (named in the error if one is absent)."""
+        return {"split.heldout_keys": tuple(self.split.heldout_keys)}
 
     def _cache_path(self, kind: str, payload: dict):
         if self.cache_dir is None:
@@ -70,32 +82,27 @@ class CancerTypeTask(Task):
         return Split(images, meta, "all", {"data_source": "embedded", "cohort": asdict(spec)})
 
     def _load_tcga_ut(self) -> Split:
-        from tasks import tcga_ut
+        from tasks import manifest, tcga_ut
 
         d = self.data
         index, report = tcga_ut.load_index(d.root, d.metadata, cancer_types=list(self.classes))
-        if d.max_patches_per_slide > 0:
-            rng = np.random.default_rng(0)
-            order = rng.permutation(len(index))
-            keep = index.iloc[order].groupby("slide_id", sort=False).head(d.max_patches_per_slide).index
-            index = index.loc[sorted(keep)].reset_index(drop=True)
-        images = tcga_ut.PathImages(index["path"].tolist(), d.image_size, on_error=d.on_error)
-        cache = self.cache_dir / "tcga-ut" if self.cache_dir is not None else None
-        # bad files are found (and, under on_error=skip, dropped) before any split is made
-        array, good, decoded = tcga_ut.decode_all(images, cache, progress=self.progress)
-        index = index[np.asarray(good)].reset_index(drop=True)
-        report.record_decode(decoded, index)
-        if decoded.skipped:
-            log.warning(
-                "skipped %d unreadable image(s) under %s (data.on_error=skip), e.g. %s: %s",
-                len(decoded.skipped), d.root, *decoded.skipped[0],
-            )
-        log.info("%s", report.summary())
-        for cancer_type in self.classes:
-            if not (index["cancer_type"] == cancer_type).any():
-                raise tcga_ut.DataError(f"class {cancer_type!r} has no readable images under {d.root}")
-        info = {"data_source": "tcga-ut", "load_report": report.to_dict(), "n_skipped_files": len(decoded.skipped)}
-        return Split(array, index[list(METADATA_COLUMNS)], "all", info)
+        return manifest.load_split(index, report, self.classes, **self._decoding("tcga-ut"), source=tcga_ut.SOURCE,
+                                   where=d.root)
+
+    def _load_manifest(self) -> Split:
+        from tasks import manifest
+
+        d = self.data
+        index, report = manifest.load_index(d.manifest, self.classes, on_error=d.on_error, who=self.origin())
+        for what, columns in self.manifest_columns().items():
+            manifest.require_columns(report.columns, columns, what, d.manifest)
+        return manifest.load_split(index, report, self.classes, **self._decoding("manifest"),
+                                   source=manifest.SOURCE, where=d.manifest)
+
+    def _decoding(self, folder: str) -> dict:
+        d = self.data
+        return dict(image_size=d.image_size, on_error=d.on_error, max_patches_per_slide=d.max_patches_per_slide,
+                    cache_dir=self.cache_dir / folder if self.cache_dir is not None else None, progress=self.progress)
 
     def splits(self, seed: int) -> dict[str, Split]:
         full = self.load()

@@ -9,38 +9,33 @@ On disk, one folder per cancer type, one folder per slide, 256x256 JPEG patches 
 (``LUAD`` / ``TCGA-LUAD``), matched case-insensitively. Clinical metadata comes from a GDC clinical CSV (or TSV)
 keyed by ``slide_submitter_id`` (or by the 12-character patient barcode).
 
-Typical use by a task::
+This module only turns that layout into a manifest (tasks/manifest.py: one row per image with its path, class, site,
+patient, slide, race, gender and age); the index, the decoding, its cache and the bad-file policy are the manifest
+loader's, the same for every cohort. Typical use by a task::
 
     index, report = load_index(root, csv, ["LUAD", "LUSC"])            # fast: no pixels read
     images = PathImages(index["path"], size=64, on_error="skip")
     pixels, good, decoded = decode_all(images, cache_dir)               # bad files found before any split
     index = index[good].reset_index(drop=True)
     report.record_decode(decoded, index)
+
+(``tasks.manifest.load_split`` does the last four lines for a task.)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import os
 import re
-import threading
-import time
-import zipfile
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile, UnidentifiedImageError
 
-from benchmark.cache import atomic_file
-from benchmark.data import METADATA_COLUMNS, UNKNOWN
+from benchmark.data import UNKNOWN
+from tasks.manifest import CohortReport, build_index, clean_value
+from tasks.patches import DECODER_VERSION, ON_ERROR, DataError, DecodeReport, PathImages, decode_all, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -88,40 +83,12 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("project_id", "gender", "race", "age_at_ind
 #: Accepted key columns, in order of preference: slide barcodes (or 12-character patient barcodes), then patients.
 KEY_COLUMNS: tuple[str, ...] = ("slide_submitter_id", "case_submitter_id")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
-ON_ERROR = ("fail", "skip")
-#: Bump when decoding changes (filters, conversions): it is part of PathImages.fingerprint() and so of cache keys.
-DECODER_VERSION = 1
-
-# GDC / TCGA spellings of "no value" (compared case-insensitively after stripping whitespace).
-_PLACEHOLDERS = frozenset(
-    {
-        "",
-        "--",
-        "'--",
-        "'--'",
-        '"--',
-        '"--"',
-        "not reported",
-        "unknown",
-        "not allowed to collect",
-        "[not available]",
-        "[not applicable]",
-        "[not evaluated]",
-        "[unknown]",
-        "[discrepancy]",
-        "nan",
-        "none",
-        "null",
-        "n/a",
-        "na",
-    }
+#: The manifest columns the layout yields (tasks/manifest.py), besides "path".
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "label", "project_id", "tissue_source_site", "race", "gender", "age_at_index", "patient_id", "slide_id"
 )
 _BARCODE = re.compile(r"^TCGA-([0-9A-Z]{2})-([0-9A-Z]{4})(?:$|-)")
 _MAX_LISTED = 20
-
-
-class DataError(ValueError):
-    """The TCGA-UT files or the clinical table are not what the loader expects (message names the file/row/column)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -147,16 +114,6 @@ def patient_from_barcode(barcode: str) -> str:
     """The 12-character patient barcode of a TCGA barcode ("TCGA-05-4244-01Z-00-DX1" -> "TCGA-05-4244")."""
     match = _check_barcode(barcode)
     return f"TCGA-{match.group(1)}-{match.group(2)}"
-
-
-def clean_value(value: object) -> str:
-    """A value as a stripped string, or UNKNOWN for GDC placeholders ("--", "'--", "not reported", NaN, ...)."""
-    if value is None or value is pd.NA:
-        return UNKNOWN
-    if isinstance(value, float) and math.isnan(value):
-        return UNKNOWN
-    text = str(value).strip()
-    return UNKNOWN if text.casefold() in _PLACEHOLDERS else text
 
 
 def _slide_id_from_folder(name: str) -> str:
@@ -188,17 +145,10 @@ def _folder_code(name: str) -> str | None:
 
 
 @dataclass
-class LoadReport:
-    """What loading TCGA-UT found, for the run record."""
+class LoadReport(CohortReport):
+    """What loading TCGA-UT found, for the run record (the counts of CohortReport, and the layout's findings)."""
 
-    n_images: int = 0
-    n_slides: int = 0
-    n_patients: int = 0
-    n_sites: int = 0
-    class_counts: dict[str, int] = field(default_factory=dict)  # cancer type -> images kept
     folders: dict[str, str] = field(default_factory=dict)  # cancer type -> folder read, relative to root
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) dropped by decode_all
-    converted: dict[str, int] = field(default_factory=dict)  # e.g. {"RGBA->RGB": 3}
     images_without_metadata: int = 0
     slides_without_metadata: list[str] = field(default_factory=list)  # first 20
     n_slides_without_metadata: int = 0
@@ -208,32 +158,6 @@ class LoadReport:
     unknown_folders: list[str] = field(default_factory=list)  # folders under root that are no TCGA project
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), first 20
     n_ignored: int = 0
-
-    def count(self, index: pd.DataFrame, codes: Sequence[str]) -> None:
-        """Set the image, slide, patient, site and per-class counts from an index."""
-        self.n_images = len(index)
-        self.n_slides = int(index["slide_id"].nunique())
-        self.n_patients = int(index["patient_id"].nunique())
-        self.n_sites = int(index["tissue_source_site"].nunique())
-        self.class_counts = {code: int((index["cancer_type"] == code).sum()) for code in codes}
-
-    def record_decode(self, decoded: DecodeReport, kept: pd.DataFrame | None = None) -> None:
-        """Add decode_all's findings (skipped files, conversions); recount from ``kept``, the index rows left."""
-        self.skipped = list(decoded.skipped)
-        self.converted = dict(decoded.converted)
-        if kept is not None:
-            if len(kept) != decoded.n_good:
-                raise DataError(f"kept index has {len(kept)} rows but decode_all kept {decoded.n_good} images")
-            self.count(kept, list(self.class_counts))
-        else:
-            self.n_images = decoded.n_good
-
-    def to_dict(self) -> dict:
-        """JSON-able copy."""
-        out = asdict(self)
-        for key in ("skipped", "ignored"):
-            out[key] = [list(item) for item in out[key]]
-        return out
 
     def summary(self) -> str:
         """One human-readable line."""
@@ -254,26 +178,6 @@ class LoadReport:
         if self.n_ignored:
             parts.append(f"{self.n_ignored} non-image paths ignored")
         return "; ".join(parts)
-
-
-@dataclass
-class DecodeReport:
-    """What decode_all did: bad files dropped, colour conversions, cache use."""
-
-    n_total: int
-    n_good: int
-    skipped: list[tuple[str, str]]
-    converted: dict[str, int]
-    from_cache: bool
-    cache_path: str | None
-    cache_rebuilt: str | None  # why an existing cache file was not trusted
-    seconds: float
-
-    def to_dict(self) -> dict:
-        """JSON-able copy."""
-        out = asdict(self)
-        out["skipped"] = [list(item) for item in self.skipped]
-        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -418,8 +322,25 @@ def load_index(
     ``cancer_types`` (codes such as "LUAD", "TCGA-LUAD" or folder names) selects and orders the classes: label i is
     ``cancer_types[i]``; without it, every known project folder under root is loaded, labelled in sorted code order.
     ``level`` picks the resolution folder when the cancer-type folders have them (Zenodo layout, "0" = 0.5 um/px).
-    Images of slides without a metadata row are dropped and counted in the report.
+    Images of slides without a metadata row are dropped and counted in the report. The index is the manifest loader's
+    (tasks.manifest.build_index) of :func:`manifest_table`'s manifest.
     """
+    table, codes, report = manifest_table(root, metadata_csv, cancer_types, level=level)
+    index = build_index(table, codes, where=f"TCGA-UT root {str(root)!r}", source=SOURCE)
+    report.count(index, codes)
+    log.info("%s", report.summary())
+    return index, report
+
+
+def manifest_table(
+    root: str | Path,
+    metadata_csv: str | Path,
+    cancer_types: Sequence[str] | None = None,
+    *,
+    level: str | None = None,
+) -> tuple[pd.DataFrame, list[str], LoadReport]:
+    """The TCGA-UT layout as a manifest (tasks/manifest.py: path, label = project code, tissue_source_site,
+    patient_id, slide_id, race, gender, age_at_index, project_id), the class codes in label order, and the report."""
     # 1. check the inputs
     root = Path(root)
     if not root.exists():
@@ -455,7 +376,7 @@ def load_index(
 
     # 3. list image files per cancer type (directory listings only)
     rows: list[dict] = []
-    for label, code in enumerate(codes):
+    for code in codes:
         if code not in found:
             raise DataError(
                 f"no images of {code} under {str(root)!r}: looked for a folder named {TCGA_PROJECTS[code]!r} (or "
@@ -466,7 +387,7 @@ def load_index(
         pairs = _list_images(parent, report)
         if not pairs:
             raise DataError(f"no images of {code} in {str(parent)!r}: expected <slide folder>/*.jpg inside")
-        rows.extend({"label": label, "cancer_type": code, "folder": slide, "path": path} for slide, path in pairs)
+        rows.extend({"code": code, "folder": slide, "path": path} for slide, path in pairs)
 
     # 4. join the clinical table by slide barcode, else by patient barcode
     by_slide, by_patient = _metadata_lookup(table, key, str(metadata_csv))
@@ -476,7 +397,7 @@ def load_index(
     slide_meta: dict[tuple[str, str], dict | None] = {}
     out: list[dict] = []
     for row in rows:
-        folder, code = row["folder"], row["cancer_type"]
+        folder, code = row["folder"], row["code"]
         if (code, folder) not in slide_meta:
             slide_meta[code, folder] = _slide_metadata(
                 folder, code, by_slide, by_patient, used_slides, used_patients, report
@@ -485,7 +406,7 @@ def load_index(
         if meta is None:
             missing_slides[folder] = missing_slides.get(folder, 0) + 1
             continue
-        out.append({**meta, "label": row["label"], "cancer_type": code, "path": row["path"]})
+        out.append({**meta, "label": code, "path": row["path"]})
     report.images_without_metadata = sum(missing_slides.values())
     report.n_slides_without_metadata = len(missing_slides)
     report.slides_without_metadata = list(missing_slides)[:_MAX_LISTED]
@@ -494,19 +415,16 @@ def load_index(
         1 for s, v in by_slide.items() if s not in used_slides and v["project_id"] in projects
     ) + sum(1 for p, v in by_patient.items() if p not in used_patients and v["project_id"] in projects)
 
-    # 5. assemble the frame; every requested class must keep images
-    index = pd.DataFrame(out, columns=[*METADATA_COLUMNS, "path"])
+    # 5. the manifest; every requested class must keep images
+    table = pd.DataFrame(out, columns=[*MANIFEST_COLUMNS, "path"])
     for code in codes:
-        if not (index["cancer_type"] == code).any():
+        if not (table["label"] == code).any():
             raise DataError(
                 f"no images of {code} have metadata: none of the slides in {report.folders[code]!r} is in "
                 f"{str(metadata_csv)!r} (by slide_submitter_id or patient barcode); first slides without metadata: "
                 f"{report.slides_without_metadata[:5]}"
             )
-    index = index.astype({"label": "int64", "age_at_index": "float64", "is_synthetic": "bool"})
-    report.count(index, codes)
-    log.info("%s", report.summary())
-    return index, report
+    return table, codes, report
 
 
 def _slide_metadata(
@@ -563,314 +481,12 @@ def _slide_metadata(
         "age_at_index": age,
         "patient_id": patient,
         "slide_id": slide_id,
-        "is_synthetic": False,
-        "source": SOURCE,
     }
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# pixels
-
-
-def _to_rgb(im: Image.Image, path: str) -> tuple[Image.Image, str | None]:
-    """The image in RGB, and the conversion done ("RGBA->RGB") or None."""
-    mode = im.mode
-    if mode == "RGB":
-        return im, None
-    if mode == "P":
-        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
-        if im.mode == "RGB":
-            return im, "P->RGB"
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB"), f"{mode}->RGB"
-    if mode in ("L", "1", "CMYK", "YCbCr"):
-        return im.convert("RGB"), f"{mode}->RGB"
-    if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(im).astype(np.int64)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise DataError(
-                f"{path}: {mode} pixel values span {values.min()}..{values.max()}, outside the 16-bit range 0..65535"
-            )
-        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)  # 0..65535 -> 0..255, rounded
-        return Image.fromarray(gray, "L").convert("RGB"), f"{mode}->RGB"
-    raise DataError(f"{path}: unsupported image mode {mode!r} (expected RGB, RGBA, L, LA, P, CMYK or 16-bit gray)")
-
-
-def decode_image(path: str, size: int) -> tuple[np.ndarray, str | None]:
-    """One patch as uint8 ``size x size x 3`` and the colour conversion it needed (or None); DataError if bad."""
-    with _strict_pil():
-        return _decode_image(path, size)
-
-
-_PIL_LOCK = threading.Lock()
-_PIL_STATE = {"depth": 0, "saved": False}
-
-
-@contextmanager
-def _strict_pil() -> Iterator[None]:
-    """Truncated JPEGs must fail to decode even if another library (weasyprint does, on import) set PIL's global
-    ``ImageFile.LOAD_TRUNCATED_IMAGES``; the setting is forced off while any decode runs and restored afterwards."""
-    with _PIL_LOCK:
-        if _PIL_STATE["depth"] == 0:
-            _PIL_STATE["saved"] = ImageFile.LOAD_TRUNCATED_IMAGES
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-        _PIL_STATE["depth"] += 1
-    try:
-        yield
-    finally:
-        with _PIL_LOCK:
-            _PIL_STATE["depth"] -= 1
-            if _PIL_STATE["depth"] == 0:
-                ImageFile.LOAD_TRUNCATED_IMAGES = _PIL_STATE["saved"]
-
-
-def _decode_image(path: str, size: int) -> tuple[np.ndarray, str | None]:
-    # 1. read the whole file and decode every pixel
-    try:
-        if os.path.getsize(path) == 0:
-            raise DataError(f"{path}: zero-byte file")
-        with Image.open(path) as im:
-            im.load()
-            rgb, conversion = _to_rgb(im, path)
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found (it was listed when the index was built)") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable image (unsupported format or corrupt header)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
-    # 3. square patches only, then resample to the target size
-    width, height = rgb.size
-    if width != height:
-        raise DataError(f"{path}: patch is {width}x{height}; expected a square patch")
-    if width != size:
-        resample = Image.Resampling.LANCZOS if width > size else Image.Resampling.BICUBIC
-        rgb = rgb.resize((size, size), resample=resample)
-    return np.asarray(rgb, dtype=np.uint8), conversion
-
-
-class PathImages:
-    """TCGA-UT patches read lazily from their files, resized to ``size``; implements benchmark.data.ImageSource.
-
-    ``on_error`` governs decode_all: "fail" raises DataError at the first bad file, "skip" drops and lists bad files.
-    Indexing a bad file directly always raises DataError naming it.
-    """
-
-    def __init__(self, paths: Sequence[str], size: int, on_error: str = "fail") -> None:
-        if isinstance(paths, (str, Path)):
-            raise DataError(f"paths must be a sequence of file paths, got the single path {str(paths)!r}")
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise DataError(f"size must be a positive int (pixels per side), got {size!r}")
-        if on_error not in ON_ERROR:
-            raise DataError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        self.paths: list[str] = [str(p) for p in paths]
-        self.size = int(size)
-        self.on_error = on_error
-        self.converted: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.size, self.size, 3)
-
-    def __repr__(self) -> str:
-        return f"PathImages(n={len(self)}, size={self.size}, on_error={self.on_error!r})"
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def _positions(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
-        n = len(self.paths)
-        if isinstance(index, slice):
-            return np.arange(n)[index]
-        idx = np.asarray(index)
-        if idx.dtype == bool:
-            if idx.shape != (n,):
-                raise IndexError(f"boolean index of shape {idx.shape} for {n} images")
-            return np.flatnonzero(idx)
-        if idx.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise IndexError(f"index must be an int, slice, bool mask or 1-d int array, got {index!r}")
-        if idx.min() < -n or idx.max() >= n:
-            raise IndexError(f"index out of range for {n} images: {idx[(idx < -n) | (idx >= n)][:5].tolist()}")
-        return np.where(idx < 0, idx + n, idx)
-
-    def decode(self, i: int) -> np.ndarray:
-        """Image i as uint8 ``size x size x 3`` (conversions counted in ``self.converted``)."""
-        pixels, conversion = decode_image(self.paths[i], self.size)
-        if conversion is not None:
-            with self._lock:
-                self.converted[conversion] = self.converted.get(conversion, 0) + 1
-        return pixels
-
-    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            n = len(self.paths)
-            if not -n <= index < n:
-                raise IndexError(f"image index {index} out of range for {n} images")
-            return self.decode(int(index) % n)
-        positions = self._positions(index)
-        out = np.empty((len(positions), self.size, self.size, 3), dtype=np.uint8)
-        for k, i in enumerate(positions):
-            out[k] = self.decode(int(i))
-        return out
-
-    def take(self, indices: np.ndarray) -> PathImages:
-        """The images at the given positions (or bool mask), still lazy."""
-        positions = self._positions(indices)
-        return PathImages([self.paths[i] for i in positions], self.size, self.on_error)
-
-    def fingerprint(self) -> str:
-        """Hash of the paths, their sizes and mtimes, the target size and the decoder version."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"tcga-ut-decoder-v{DECODER_VERSION}|size={self.size}|n={len(self.paths)}".encode())
-        for path in self.paths:
-            try:
-                st = os.stat(path)
-                stamp = f"{st.st_size}:{st.st_mtime_ns}"
-            except FileNotFoundError:
-                stamp = "missing"
-            h.update(f"\0{path}\0{stamp}".encode())
-        return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# decode once, cached
-
-
-def _cache_file(cache_dir: Path, key: str) -> Path:
-    return cache_dir / f"tcga_ut_{key}.npz"
-
-
-def _load_cache(path: Path, key: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Pixels, good mask and details from a cache file; ValueError if anything is off."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            details = json.loads(bytes(data["details"]).decode())
-            mask = data["good"]
-            pixels = data["images"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
-    if details.get("key") != key:
-        raise ValueError(f"made for key {details.get('key')!r}")
-    if mask.dtype != bool or mask.shape != (n,):
-        raise ValueError(f"mask {mask.dtype} {mask.shape}, expected bool ({n},)")
-    expected = (int(mask.sum()), size, size, 3)
-    if pixels.dtype != np.uint8 or pixels.shape != expected:
-        raise ValueError(f"images {pixels.dtype} {pixels.shape}, expected uint8 {expected}")
-    if len(details.get("skipped", [])) != n - expected[0]:
-        raise ValueError("skipped list does not match the mask")
-    return pixels, mask, details
-
-
-def _write_cache(path: Path, key: str, pixels: np.ndarray, mask: np.ndarray, details: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: a partial write never has the final name."""
-    blob = np.frombuffer(json.dumps({**details, "key": key}).encode(), dtype=np.uint8)
-    with atomic_file(path) as f:
-        np.savez(f, images=pixels, good=mask, details=blob)
-
-
-def decode_all(
-    images: PathImages, cache_dir: str | Path | None, workers: int = 2, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
-    """Every image decoded once: (uint8 pixels of the good images, bool mask of good indices, DecodeReport).
-
-    Under on_error="fail" the first bad file raises DataError; under "skip" bad files are dropped and listed. Results
-    are cached in ``cache_dir`` under ``images.fingerprint()``; a damaged cache file is rebuilt, never trusted.
-    """
-    if not isinstance(images, PathImages):
-        raise DataError(f"decode_all needs a PathImages, got {type(images).__name__}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise DataError(f"workers must be a positive int, got {workers!r}")
-    start = time.perf_counter()
-    n, size = len(images), images.size
-    key = images.fingerprint()
-    cache_path = _cache_file(Path(cache_dir), key) if cache_dir is not None else None
-    rebuilt: str | None = None
-
-    # 1. a complete, consistent cache file wins
-    if cache_path is not None and cache_path.exists():
-        try:
-            pixels, mask, details = _load_cache(cache_path, key, n, size)
-        except ValueError as exc:
-            rebuilt = f"{cache_path.name}: {exc}"
-            log.warning("TCGA-UT decode cache %s is damaged (%s); decoding again", cache_path, exc)
-        else:
-            skipped = [tuple(item) for item in details["skipped"]]
-            if skipped and images.on_error == "fail":
-                _, reason = skipped[0]
-                raise DataError(f"{reason} (found earlier, recorded in {cache_path}; {len(skipped)} bad files in all)")
-            images.converted = dict(details["converted"])
-            seconds = time.perf_counter() - start
-            report = DecodeReport(
-                n, int(mask.sum()), skipped, dict(images.converted), True, str(cache_path), None, seconds
-            )
-            return pixels, mask, report
-
-    # 2. decode in a thread pool (PIL releases the GIL while decoding), in index order
-    from tqdm.auto import tqdm
-
-    images.converted = {}
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    mask = np.ones(n, dtype=bool)
-    skipped: list[tuple[str, str]] = []
-
-    def work(i: int) -> tuple[int, str | None]:
-        try:
-            out[i] = images.decode(i)
-            return i, None
-        except DataError as exc:
-            if images.on_error == "fail":
-                raise
-            return i, str(exc)
-
-    bar = tqdm(total=n, unit="patch", desc=f"decoding {n} TCGA-UT patches", disable=not progress)
-    executor = ThreadPoolExecutor(max_workers=workers)
-    try:
-        for i, error in executor.map(work, range(n)):
-            if error is not None:
-                mask[i] = False
-                skipped.append((images.paths[i], error))
-            bar.update(1)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    pixels = out if mask.all() else out[mask]
-
-    # 3. cache, then report
-    details = {"skipped": [list(s) for s in skipped], "converted": dict(images.converted), "n": n, "size": size}
-    if cache_path is not None:
-        _write_cache(cache_path, key, pixels, mask, details)
-    if skipped:
-        log.warning("TCGA-UT: skipped %d unreadable files, e.g. %s", len(skipped), skipped[0][1])
-    seconds = time.perf_counter() - start
-    report = DecodeReport(
-        n,
-        int(mask.sum()),
-        skipped,
-        dict(images.converted),
-        False,
-        str(cache_path) if cache_path else None,
-        rebuilt,
-        seconds,
-    )
-    return pixels, mask, report
-
-
 __all__ = [
+    "DECODER_VERSION",
+    "ON_ERROR",
     "TCGA_PROJECTS",
     "DataError",
     "DecodeReport",
@@ -880,6 +496,7 @@ __all__ = [
     "decode_all",
     "decode_image",
     "load_index",
+    "manifest_table",
     "parse_tissue_source_site",
     "patient_from_barcode",
 ]

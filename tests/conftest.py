@@ -1,4 +1,5 @@
-"""Shared fixtures: running the CLI as a user would (a subprocess), and free ports for real servers."""
+"""Shared fixtures: running the CLI as a user would (a subprocess), free ports for real servers, and a real SLURM
+cluster on this machine (tests/slurm_cluster.py)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,19 @@ def free_port() -> int:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node SLURM cluster (munged, slurmctld, slurmd on 127.0.0.1, its own ports and files) for the session;
+    skipped with the reason when Debian's slurm-wlm and munge are missing and cannot be installed."""
+    from tests.slurm_cluster import SlurmCluster, ensure_installed
+
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,4 +1,5 @@
-"""Sweeps: content-addressed jobs, accurate --dry-run, resume after an interruption, atomic claims, workers."""
+"""Sweeps on this machine: content-addressed jobs, accurate --dry-run, resume after an interruption, workers, the
+per-run lock (a job running elsewhere is not run twice)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import sweep
+from benchmark import sweep, threads
 from tests.conftest import ROOT, run_cli
 
 SMOKE = ["--preset", "smoke", "--no-progress"]
@@ -55,47 +56,15 @@ def test_parse_errors_name_the_value():
             sweep.parse_seeds(bad)
 
 
-def test_claims_are_exclusive_and_dead_claims_are_freed(tmp_path):
-    jobs = sweep.plan_jobs(["none"], ["nsclc", "uterine"], [0], "smoke", "cpu", [], tmp_path)
-    url = sweep.default_queue_url(tmp_path)
-    a, b = sweep.Queue(url), sweep.Queue(url, stale_after=0.5)
-    a.register(jobs)
-    b.register(jobs)  # idempotent: a second host registering the same sweep adds nothing
-    assert len(a.rows()) == 2
-    keys = [j.key for j in jobs]
-    first = a.claim(keys, "hostA:1")
-    second = b.claim(keys, "hostB:2")
-    assert {first, second} == set(keys)  # each job claimed exactly once
-    assert a.claim(keys, "hostA:1") is None
-    # a claim held by a dead process on this host goes back to pending at once
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
-    a.release(first, "hostA:1")
-    mine = f"{socket.gethostname()}:{pid}"
-    assert a.claim(keys, mine) == first
-    assert a.recover_stale() >= 1
-    assert a.rows([first])[first]["state"] == "pending"
-    # a claim from another host without a heartbeat for stale_after seconds is taken over
-    time.sleep(0.7)
-    assert b.recover_stale() == 1
-    assert b.rows([second])[second]["state"] == "pending"
-    # finishing needs the claim: a worker that lost it cannot overwrite the new owner's state
-    taken = a.claim(keys, "hostC:3")
-    a.finish(taken, "hostB:2", {"x": 1})
-    row = a.rows([taken])[taken]
-    assert row["state"] == "running" and row["owner"] == "hostC:3"
-    a.finish(taken, "hostC:3", {"x": 1})
-    assert a.rows([taken])[taken]["state"] == "done"
-
-
-def test_bad_queue_url_is_one_line(tmp_path):
-    proc = run_cli("sweep", "--methods", "none", "--tasks", "nsclc", "--seeds", "1", *SMOKE, "--out", str(tmp_path),
-                   "--queue", "nosuchdb://x/y", cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip().startswith("error: sweep queue 'nosuchdb://x/y' is unusable")
-    assert "Traceback" not in proc.stderr
+def test_bad_arguments_are_one_line(tmp_path):
     proc = run_cli("sweep", "--methods", "none,nosuch", *SMOKE, "--out", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "unknown 'nosuch'" in proc.stderr
+    proc = run_cli("sweep", "--methods", "none", *SMOKE, "--out", str(tmp_path), "--no-wait", cwd=tmp_path)
+    assert proc.returncode == 2 and "--no-wait is for --launcher slurm" in proc.stderr
+    proc = run_cli("sweep", "--methods", "none", *SMOKE, "--out", str(tmp_path), "--launcher", "slurm",
+                   "--slurm-option", "nokeyvalue", cwd=tmp_path)
+    assert proc.returncode == 2 and "--slurm-option: KEY=VALUE" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path):
@@ -191,8 +160,7 @@ def test_a_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interrupti
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "failed" not in stderr.lower()
     assert "cleanupfails-nsclc-s1" not in stdout  # the sweep stopped; it did not go on with the next seed
-    rows = sweep.Queue(sweep.default_queue_url(out)).rows()
-    assert sorted(r["state"] for r in rows.values()) == ["pending", "pending"]
+    assert not list(out.glob("runs/*/*/*/record.json"))  # no record: the same command runs both jobs again
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]
@@ -204,14 +172,70 @@ def test_two_workers_run_each_job_once(tmp_path):
                    "--out", str(out), "--workers", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "sweep finished: 4/4 jobs done" in proc.stdout
-    rows = sweep.Queue(sweep.default_queue_url(out)).rows()
-    assert len(rows) == 4
-    assert all(r["state"] == "done" and r["attempts"] == 1 for r in rows.values())
-    owners = {r["owner"] for r in rows.values()}
-    assert len(owners) >= 1 and all(":" in o for o in owners)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["name"] for r in records) == sorted(
+    assert sorted(r["name"] for r in records) == sorted(  # one line per job: each ran exactly once
         ["none-nsclc-s0", "none-nsclc-s1", "none-uterine-s0", "none-uterine-s1"])
+    assert {r["host"]["threads"] for r in records} == {threads.share(2)}  # the cores divided between the workers
+    assert not (out / "sweep.db").exists()
+
+
+def test_ctrl_c_stops_every_worker_of_a_pool(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group): the pool's workers ignore it and are stopped by the sweep,
+    one SIGTERM each, so a running job stops as a Ctrl-C stops it and no queued job starts; the sweep exits 130."""
+    out = tmp_path / "results"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "sweep", "--methods", "none,stain_norm", "--tasks",
+                             "nsclc", "--seeds", "2", *SMOKE, "--out", str(out), "--workers", "2"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not _records(out) and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: finished runs are kept" in stderr
+    left = time.time() + 10  # no worker left behind (an exited one may stay a zombie for a moment)
+    with pytest.raises(ProcessLookupError):
+        while time.time() < left:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.2)
+    assert len(_records(out)) < 4
+
+
+def test_a_job_running_elsewhere_is_not_run_twice_and_the_sweep_waits_for_it(tmp_path):
+    """The run's lock, held by another process (another sweep, a SLURM job, another host), keeps the job from running
+    twice; the sweep runs the other jobs, then waits for that one and reuses its record."""
+    from benchmark.runner import _RunLock
+
+    out = tmp_path / "results"
+    jobs = sweep.plan_jobs(["none"], ["nsclc"], [0, 1], "smoke", "auto", [], out)
+    held = jobs[0]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with _RunLock(held.run_dir):
+        proc = subprocess.Popen([sys.executable, "-m", "benchmark", "sweep", "--methods", "none", "--tasks", "nsclc",
+                                 "--seeds", "2", *SMOKE, "--out", str(out)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "waiting for it" in line and held.name in line and "none-nsclc-s1: done" in "".join(lines):
+                break
+        assert proc.poll() is None, "".join(lines)
+        status = run_cli("sweep", "--methods", "none", "--tasks", "nsclc", "--seeds", "2", *SMOKE, "--out", str(out),
+                         "--status", cwd=tmp_path)
+        assert f"lock held by {socket.gethostname()} {os.getpid()}" in status.stdout
+    rest, _ = proc.communicate(timeout=300)  # the lock is free: the sweep runs the job itself
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text
+    assert "running elsewhere" in text and "sweep finished: 2/2 jobs done" in text
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
 def test_a_second_process_waits_for_the_model_being_trained(tmp_path):

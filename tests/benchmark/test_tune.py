@@ -207,6 +207,19 @@ def test_resume_runs_up_to_n_finished_trials(tmp_path):
         tune("none", "nsclc", 5, preset="smoke", device="cpu", out=tmp_path, seeds=2)
 
 
+def test_local_workers_share_one_study(tmp_path):
+    """--workers 2: two processes (a core each) run trials on one study until it has --trials finished ones."""
+    import optuna
+
+    proc = run_cli("tune", "--method", "none", "--task", "nsclc", "--preset", "smoke", "--device", "cpu",
+                   "--trials", "2", "--seeds", "1", "--workers", "2", "--out", str(tmp_path), "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 worker(s), --launcher local" in proc.stdout and "best: trial" in proc.stdout
+    loaded = optuna.load_study(study_name="none-nsclc-smoke", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    complete = [t for t in loaded.trials if t.state.name == "COMPLETE"]
+    assert len(complete) >= 2 and len({t.params["probe.C"] for t in complete}) == len(complete)  # own sampler seeds
+
+
 # (d) --best: fresh seeds 1000.., a table of val and test metrics
 
 

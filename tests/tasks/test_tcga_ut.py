@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from benchmark.data import METADATA_COLUMNS, UNKNOWN, ImageSource, Split
-from tasks import tcga_ut
+from tasks import patches
 from tasks.tcga_ut import (
     TCGA_PROJECTS,
     DataError,
@@ -512,13 +512,13 @@ def test_truncated_jpeg_fails_even_if_another_library_allows_truncation(
 
 def counting_decoder(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    real = tcga_ut.decode_image
+    real = patches.decode_image  # the decoder every loader uses (tasks/patches.py)
 
     def counted(path: str, size: int):
         calls.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(tcga_ut, "decode_image", counted)
+    monkeypatch.setattr(patches, "decode_image", counted)
     return calls
 
 
@@ -579,18 +579,18 @@ def test_interrupted_decode_leaves_no_cache(
     root, csv = dataset
     index, _ = load_index(root, csv)
     cache = tmp_path / "cache"
-    real = tcga_ut.decode_image
+    real = patches.decode_image
 
     def dies(path: str, size: int):
         if path == index["path"][10]:
             raise RuntimeError("interrupted")
         return real(path, size)
 
-    monkeypatch.setattr(tcga_ut, "decode_image", dies)
+    monkeypatch.setattr(patches, "decode_image", dies)
     with pytest.raises(RuntimeError, match="interrupted"):
         decode_all(PathImages(index["path"], 32), cache, progress=False)
     assert not cache.exists() or not any(cache.iterdir())
-    monkeypatch.setattr(tcga_ut, "decode_image", real)
+    monkeypatch.setattr(patches, "decode_image", real)
     _, good, report = decode_all(PathImages(index["path"], 32), cache, progress=False)
     assert good.all() and not report.from_cache
 
