@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmark.cache import pid_alive
+
 PACKAGES = ("slurm-wlm", "munge")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "srun", "sinfo")
 
@@ -63,16 +65,6 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SlurmCluster:
@@ -178,7 +170,7 @@ class SlurmCluster:
     def stop(self, timeout: float = 20) -> None:
         """Cancel the jobs left, then stop the daemons by the pids in their pid files (slurmd, slurmctld, munged)."""
         ctld = _read_pid(self._pid_files()["slurmctld"])
-        if ctld is not None and _alive(ctld):
+        if ctld is not None and pid_alive(ctld):
             try:
                 self.cancel_all()
             except (OSError, subprocess.SubprocessError):
@@ -186,14 +178,14 @@ class SlurmCluster:
         daemons = [pid for pid in (_read_pid(self._pid_files()[n]) for n in ("slurmd", "slurmctld")) if pid]
         munged = _read_pid(self._pid_files()["munged"])
         for group in (daemons, [munged] if munged else []):  # munged last: the SLURM daemons use it to the end
-            group = [pid for pid in group if _alive(pid)]
+            group = [pid for pid in group if pid_alive(pid)]
             for pid in group:
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while any(_alive(pid) for pid in group) and time.monotonic() < deadline:
+            while any(pid_alive(pid) for pid in group) and time.monotonic() < deadline:
                 time.sleep(0.1)
             for pid in group:
-                if _alive(pid):
+                if pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
 
 
