@@ -728,6 +728,13 @@ def main(argv: list[str] | None = None) -> int:
         if _is_user_error(exc):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        if "database or disk is full" in str(exc):  # sqlite (the MLflow store) on a full disk, through SQLAlchemy
+            from benchmark import tracking
+
+            store = tracking.tracking_uri(Path(getattr(args, "out", "results") or "results"))
+            print(f"error: cannot write the MLflow store {store}: the disk is full; what finished before is kept (a "
+                  "run without its record.json is redone by the same command)", file=sys.stderr)
+            return EXIT_FAILED
         raise
 
 

@@ -317,10 +317,10 @@ def _run_locked(
         with interrupts.as_interrupt():  # a library failing while it unwinds a Ctrl-C: still an interruption
             record = _execute(cfg, run_dir, cache_dir, tracker, progress)
     except KeyboardInterrupt:
-        tracker.finish("KILLED")
+        _close_quietly(tracker, "KILLED")
         raise
     except BaseException:
-        tracker.finish("FAILED")
+        _close_quietly(tracker, "FAILED")
         raise
     # 7. the record, written last and atomically; then the append-only results.jsonl
     record.update(
@@ -358,6 +358,15 @@ def _run_locked(
     (run_dir / MLFLOW_CLOSED).touch()
     record["reused"] = False
     return record
+
+
+def _close_quietly(tracker, status: str) -> None:
+    """Mark the MLflow run ``status`` while another error propagates; a failure here (the disk that just filled up
+    holds the MLflow store too) is a warning, so the user sees the error that stopped the run."""
+    try:
+        tracker.finish(status)
+    except Exception as exc:
+        log.warning("could not mark MLflow run %s %s: %s", tracker.run_id, status, str(exc).splitlines()[0])
 
 
 def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: bool) -> dict:

@@ -66,6 +66,8 @@ def _quiet_mlflow() -> None:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # it logs a database error with its traceback and then raises it; the raised error is what the user is told
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _client(uri: str, results_dir: Path):
