@@ -178,14 +178,15 @@ class Probe:
     def embed(self, split: Split) -> np.ndarray:
         return embed_split(self.encoder, split, self.cache_dir, self.cfg.device, self.cfg.probe.batch_size)
 
-    def fit(self, train: Split) -> Probe:
-        self.model = fit_probe(self.embed(train), train.labels, self.cfg)
+    def fit(self, train: Split, x: np.ndarray | None = None) -> Probe:
+        """Fit on ``train`` (``x``: its embeddings, when the caller has them already)."""
+        self.model = fit_probe(self.embed(train) if x is None else x, train.labels, self.cfg)
         return self
 
-    def predict_proba(self, split: Split, n_classes: int) -> np.ndarray:
+    def predict_proba(self, split: Split, n_classes: int, x: np.ndarray | None = None) -> np.ndarray:
         if len(split) == 0:
             return np.zeros((0, n_classes))
-        return self.model.predict_proba(self.embed(split))
+        return self.model.predict_proba(self.embed(split) if x is None else x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,7 +401,9 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         train = Split(train.images, meta, "train", train.info)
     evals = {name: method.transform_eval(splits[name], ctx) for name in EVAL_SPLITS}
     # 5. frozen encoder -> embeddings (cached) -> linear probe
-    probe = Probe(cfg, cache_dir).fit(train)
+    probe = Probe(cfg, cache_dir)
+    embedded = {"train": probe.embed(train), **{name: probe.embed(split) for name, split in evals.items()}}
+    probe.fit(train, embedded["train"])
     # 6. metrics on every evaluation split
     metrics: dict[str, float] = {
         "train/n_real": float((~train.metadata["is_synthetic"].astype(bool)).sum()),
@@ -413,14 +416,14 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         synthetic = meta["is_synthetic"].astype(bool).to_numpy()
         patients = np.where(synthetic, [f"synthetic-{i}" for i in range(len(meta))],
                             meta["patient_id"].astype(str).to_numpy())
-        index = M.robustness_index(probe.embed(split), split.labels, meta["tissue_source_site"].to_numpy(), patients)
+        index = M.robustness_index(embedded[name], split.labels, meta["tissue_source_site"].to_numpy(), patients)
         metrics.update({f"{name}/{k}": v for k, v in index.items()})
     groups: dict[str, list[dict]] = {}
     predictions = []
     real_train = splits["train"].metadata
     for name, split in evals.items():
         y = split.labels
-        prob = probe.predict_proba(split, len(task.classes))
+        prob = probe.predict_proba(split, len(task.classes), embedded[name])
         pred = prob.argmax(axis=1)
         sites = split.metadata["tissue_source_site"].to_numpy()
         alignment = M.site_alignment(real_train["tissue_source_site"], real_train["label"], sites, y)

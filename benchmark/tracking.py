@@ -127,19 +127,18 @@ class Tracker:
         self.experiment = experiment
         self.experiment_id = exp_id
         if tags.get("run_dir"):
-            self._close_orphans(tags["run_dir"])
+            self._close_orphans(tags["run_hash"], tags["run_dir"])
         self.run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id = self.run.info.run_id
         self.log_params(params)
 
-    def _close_orphans(self, run_dir: str) -> None:
+    def _close_orphans(self, run_hash: str, run_dir: str) -> None:
         """Mark KILLED the MLflow runs of this run directory still RUNNING: their process was killed (SIGKILL, a
         dead machine) before it could say so. Only called while holding the run's lock, so none of them is alive."""
         from mlflow.entities import ViewType
 
-        name = run_dir.rsplit("-", 1)[-1]
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.run_hash = '{name}' and attributes.status = 'RUNNING'",
+            [self.experiment_id], filter_string=f"tags.run_hash = '{run_hash}' and attributes.status = 'RUNNING'",
             run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
         )
         for run in found:
@@ -191,12 +190,12 @@ def append_record(results_dir: Path, record: dict, if_missing: bool = False) -> 
     with open(path, "ab+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            fh.seek(0)
-            content = fh.read()
-            if content and not content.endswith(b"\n"):
+            size = fh.seek(0, os.SEEK_END)
+            torn = size > 0 and os.pread(fh.fileno(), 1, size - 1) != b"\n"
+            content = os.pread(fh.fileno(), size, 0) if torn or if_missing else b""  # the whole file only if needed
+            if torn:
                 keep = content.rfind(b"\n") + 1
-                log.warning("%s: cut off a torn last line (%d bytes) left by a killed writer", path,
-                            len(content) - keep)
+                log.warning("%s: cut off a torn last line (%d bytes) left by a killed writer", path, size - keep)
                 os.ftruncate(fh.fileno(), keep)
                 content = content[:keep]
             if if_missing:
