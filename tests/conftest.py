@@ -42,6 +42,32 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 20) -> None:
         proc.wait(timeout=10)
 
 
+def ctrl_c_when(args: list[str], ready, cwd: Path, timeout: float = 240, env: dict | None = None, poll: float = 0.2,
+                wait: float = 120) -> tuple[subprocess.Popen, str, str]:
+    """``python -m benchmark ARGS`` in its own process group; once ``ready()`` is true (within ``timeout`` seconds,
+    the process still running), SIGINT to the group as a terminal's Ctrl-C sends it. Returns (process, stdout,
+    stderr) after it exits; the group is SIGKILLed if anything fails on the way."""
+    import signal
+    import time
+
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while not ready() and proc.poll() is None:
+            assert time.time() < deadline, f"not ready after {timeout} s: {' '.join(args)}"
+            time.sleep(poll)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=wait)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, stdout, stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

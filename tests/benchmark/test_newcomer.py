@@ -6,10 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -18,7 +14,7 @@ from benchmark import interrupts
 from benchmark.__main__ import cmd_list, interrupted_message, key_lines
 from benchmark.config import PRESETS, ConfigError, SeedConfig, describe_fields, field_comments, parse_value, resolve
 from benchmark.registry import METHODS, Registry, RegistryError, load_plugins
-from tests.conftest import ROOT
+from tests.conftest import ctrl_c_when, run_cli
 
 # ---------------------------------------------------------------------------------------------------------------
 # list --keys
@@ -150,23 +146,10 @@ def test_the_interrupt_message_says_what_was_kept():
 def test_ctrl_c_during_training_then_the_same_command_resumes(tmp_path):
     """A user's Ctrl-C (SIGINT to the process group) during a real smoke training, then the same command again."""
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "benchmark", "run", "--method", "cls", "--task", "nsclc", "--preset", "smoke",
-           "--set", "method.steps=80", "method.checkpoint_every=5", "--no-progress", "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not list(out.glob("cache/models/diffusion/*/ckpt-*.pt")) and proc.poll() is None:
-            assert time.time() < deadline, "training did not reach step 5"
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    args = ["run", "--method", "cls", "--task", "nsclc", "--preset", "smoke", "--set", "method.steps=80",
+            "method.checkpoint_every=5", "--no-progress", "--out", str(out)]
+    proc, _, err = ctrl_c_when(args, lambda: list(out.glob("cache/models/diffusion/*/ckpt-*.pt")), tmp_path,
+                               timeout=300, env={"OMP_NUM_THREADS": "1"}, poll=0.05)
     assert proc.returncode == 130, err
     found = re.search(r"^interrupted: the generative model's training was checkpointed at step (\d+) of 80 \((.+)\); "
                       r"run the same command again to resume from there; this run has no record yet$", err, re.M)
@@ -175,7 +158,7 @@ def test_ctrl_c_during_training_then_the_same_command_resumes(tmp_path):
     assert 5 <= step < 80 and path.endswith(f"ckpt-{step:08d}.pt") and os.path.isfile(path)
     assert "Traceback" not in err and not (out / "results.jsonl").exists()
 
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    again = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f"resuming from ckpt-{step:08d}.pt (step {step} of 80)" in again.stderr
     assert len((out / "results.jsonl").read_text().splitlines()) == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import sweep, threads
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, ctrl_c_when, run_cli
 
 SMOKE = ["--preset", "smoke", "--no-progress"]
 
@@ -76,16 +76,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path):
     assert not (out / "runs").exists()  # a dry run runs nothing
 
     # start the sweep and interrupt it (Ctrl-C) once the first job has finished
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not _records(out) and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()
-    os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc, stdout, stderr = ctrl_c_when(args, lambda: _records(out), tmp_path)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     finished = _records(out)
@@ -183,21 +174,9 @@ def test_ctrl_c_stops_every_worker_of_a_pool(tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group): the pool's workers ignore it and are stopped by the sweep,
     one SIGTERM each, so a running job stops as a Ctrl-C stops it and no queued job starts; the sweep exits 130."""
     out = tmp_path / "results"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "sweep", "--methods", "none,stain_norm", "--tasks",
-                             "nsclc", "--seeds", "2", *SMOKE, "--out", str(out), "--workers", "2"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not _records(out) and proc.poll() is None:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, _, stderr = ctrl_c_when(["sweep", "--methods", "none,stain_norm", "--tasks", "nsclc", "--seeds", "2",
+                                   *SMOKE, "--out", str(out), "--workers", "2"], lambda: _records(out), tmp_path,
+                                  wait=60)
     assert proc.returncode == 130, stderr
     assert "interrupted: finished runs are kept" in stderr
     left = time.time() + 10  # no worker left behind (an exited one may stay a zombie for a moment)
