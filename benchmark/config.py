@@ -14,6 +14,7 @@ import json
 import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from benchmark.registry import TASKS, closest, did_you_mean
@@ -214,6 +215,9 @@ class RunConfig:
     # files with the same task name never share a run (both are part of the run hash); empty for registered tasks
     task_file: str = ""
     task_sha256: str = ""
+    # a cohort from a manifest: the SHA-256 of the CSV, so an edited manifest (labels, sites, patients) never reuses
+    # the runs of its earlier content; the image files it lists are not hashed
+    manifest_sha256: str = ""
 
     @property
     def name(self) -> str:
@@ -383,7 +387,18 @@ def resolve(
     if seed < 0:
         raise ConfigError(f"seed={seed} is invalid: expected >= 0")
     return RunConfig(method, task, preset, seed, device, data, split, probe, method_params, seeds,
-                     getattr(task_cls, "source_file", ""), getattr(task_cls, "source_sha256", ""))
+                     getattr(task_cls, "source_file", ""), getattr(task_cls, "source_sha256", ""),
+                     file_sha256(data.manifest))
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's content; "" for no path or a path that is not a readable file (its loader says why)."""
+    if not path:
+        return ""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _with_defaults(obj: Any, defaults: dict[str, Any], prefix: str) -> Any:

@@ -8,6 +8,7 @@ inside a method, only at Splits.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -115,6 +116,12 @@ class Split:
         else:
             h.update(self.images.fingerprint().encode())
         h.update(pd.util.hash_pandas_object(self.metadata[list(METADATA_COLUMNS)], index=False).to_numpy().data)
+        # a cohort's own columns (a manifest's ``scanner``) can be conditioned on, so they are content too; the
+        # derived ``group`` is not (and tasks without extra columns keep the fingerprints they always had)
+        extra = sorted(c for c in self.metadata.columns if c not in METADATA_COLUMNS and c != "group")
+        if extra:
+            h.update(json.dumps(extra).encode())
+            h.update(pd.util.hash_pandas_object(self.metadata[extra].astype(str), index=False).to_numpy().data)
         return h.hexdigest()
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:

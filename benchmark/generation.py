@@ -85,9 +85,10 @@ def class_totals(plan: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
 
 
 def expand_plan(plan: pd.DataFrame, train: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
-    """One metadata row per synthetic patch (METADATA_COLUMNS), in plan order, ``is_synthetic=True``.
+    """One metadata row per synthetic patch (METADATA_COLUMNS, then the plan's columns beyond them), in plan order,
+    ``is_synthetic=True``.
 
-    Attributes not in the plan are ``Unknown``; a numeric attribute (age) is drawn from the real patients of the
+    Schema attributes not in the plan are ``Unknown``; a numeric attribute (age) is drawn from the real patients of the
     same class (and site, when planned) so that conditioning on it asks for plausible values.
     """
     rows = plan.loc[plan.index.repeat(plan["n"])].drop(columns="n").reset_index(drop=True)
@@ -104,7 +105,11 @@ def expand_plan(plan: pd.DataFrame, train: pd.DataFrame, method: str, seed: int)
     meta["slide_id"] = meta["patient_id"]
     meta["is_synthetic"] = True
     meta["source"] = method
-    return meta[list(METADATA_COLUMNS)]
+    # a cohort's own columns that the plan conditions on (a manifest's ``scanner``, say) come along after the schema
+    extra = [c for c in rows.columns if c not in METADATA_COLUMNS]
+    for col in extra:
+        meta[col] = rows[col].astype(str) if n else pd.Series(dtype=object)
+    return meta[[*METADATA_COLUMNS, *extra]]
 
 
 def _draw_age(rows: pd.DataFrame, train: pd.DataFrame, seed: int) -> np.ndarray:

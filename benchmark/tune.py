@@ -66,6 +66,8 @@ class Setup:
                "seeds": self.seeds}
         if self.base.task_sha256:  # a task file: its content too (another file may give the same name)
             out["task_sha256"] = self.base.task_sha256
+        if self.base.manifest_sha256:  # a manifest cohort: its content (edited in place, it is another study)
+            out["manifest_sha256"] = self.base.manifest_sha256
         return out
 
     def command(self, *extra: str, seeds: bool = True) -> str:

@@ -10,7 +10,9 @@ built by :class:`ConditionEncoder` from learned embeddings of the class and of k
 - ``linear``: the concatenation is passed through a learned linear map d_t -> d_t.
 
 Categorical vocabularies come from the training metadata plus ``Unknown``; numeric attributes (age) go through a
-sinusoidal encoding and a linear layer. ``cls`` is exactly this model with k = 0.
+sinusoidal encoding and a linear layer. An attribute is any metadata column: the schema's site, race, gender and age,
+or a column of a cohort's own manifest (``--set method.attributes=tissue_source_site,scanner``). ``cls`` is exactly
+this model with k = 0.
 
 Training follows the authors' recipe (DDPM 1000 steps, linear betas, MSE; AdamW betas (0.95, 0.999), weight decay
 1e-6, cosine schedule with warm-up, gradient clipping 1.0, EMA, class-balanced sampling), runs through accelerate
@@ -37,7 +39,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -56,6 +58,9 @@ MODEL_VERSION = "diffusion-v1"  # bump when a change makes cached models invalid
 NUMERIC = ("age_at_index",)
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}  # method.noise_schedule -> diffusers' name
 CATEGORICAL = ("tissue_source_site", "race", "gender")
+#: metadata columns that describe a patch's identity or origin, not a condition to generate for
+RESERVED_COLUMNS = ("label", "cancer_type", "project_id", "patient_id", "slide_id", "is_synthetic", "source", "group",
+                    "path")
 
 
 @dataclass(frozen=True)
@@ -182,8 +187,10 @@ def validate(p: DiffusionParams) -> None:
          "epsilon or v_prediction"),
         (p.mixed_precision in ("auto", "no", "bf16", "fp16"), "method.mixed_precision", p.mixed_precision,
          "auto, no, bf16, fp16"),
-        (all(a in (*CATEGORICAL, *NUMERIC) for a in p.attributes), "method.attributes", p.attributes,
-         f"a subset of {(*CATEGORICAL, *NUMERIC)}"),
+        (all(isinstance(a, str) and a.strip() and a not in RESERVED_COLUMNS for a in p.attributes),
+         "method.attributes", p.attributes,
+         f"metadata column names, e.g. {(*CATEGORICAL, *NUMERIC)} or a manifest's own column, none of "
+         f"{RESERVED_COLUMNS}"),
         (len(set(p.attributes)) == len(p.attributes), "method.attributes", p.attributes, "no repeats"),
         (all(c % p.norm_num_groups == 0 for c in p.block_out_channels), "method.norm_num_groups", p.norm_num_groups,
          f"a divisor of every block_out_channels entry {p.block_out_channels}"),
@@ -592,7 +599,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         return {"loss": value, "images": p.batch_size, "lr": lr_sched.get_last_lr()[0]}
 
     # periodic sample grids (EMA weights, a few DPM-Solver++ steps): how training is going, in MLflow
-    preview_rows = _preview_conditions(train.metadata, model.classes, bool(p.attributes))
+    preview_rows = _preview_conditions(train.metadata, model.classes, p.attributes)
 
     @contextlib.contextmanager
     def ema_weights():
@@ -686,19 +693,33 @@ def loss_weights(alpha_bar, p: DiffusionParams):
     return clipped / (snr + 1) if p.prediction_type == "v_prediction" else clipped / snr
 
 
-def _preview_conditions(meta: pd.DataFrame, classes: list[str], with_sites: bool, n_sites: int = 4,
+def _preview_conditions(meta: pd.DataFrame, classes: list[str], attributes: Sequence[str], n_values: int = 4,
                         per_cell: int = 4) -> pd.DataFrame:
-    """Rows for the training-time sample grids: each class at the ``n_sites`` largest training sites (the site's
-    most frequent race), ``per_cell`` each; class-only models get ``n_sites * per_cell`` per class."""
-    sites = meta["tissue_source_site"].astype(str).value_counts().index[:n_sites] if with_sites else [UNKNOWN]
+    """Rows for the training-time sample grids: each class at the ``n_values`` most frequent values of the first
+    categorical attribute (the site, when conditioned on), the other attributes at that value's most frequent value
+    (median for numeric ones), ``per_cell`` each; class-only models get ``n_values * per_cell`` per class."""
+    categorical = [a for a in attributes if a not in NUMERIC]
+    axis = "tissue_source_site" if "tissue_source_site" in categorical else (categorical[0] if categorical else None)
+    values = meta[axis].astype(str).value_counts().index[:n_values] if axis else [None]
     rows = []
     for c in classes:
-        for s in sites:
-            at = meta[meta["tissue_source_site"].astype(str) == s]
-            race = at["race"].astype(str).mode().iloc[0] if with_sites and len(at) else UNKNOWN
-            n = per_cell if with_sites else n_sites * per_cell
-            rows += [{"cancer_type": c, "tissue_source_site": s, "race": race, "gender": UNKNOWN, "age": np.nan}] * n
-    return pd.DataFrame(rows)
+        for v in values:
+            row: dict[str, Any] = {"cancer_type": c}
+            if axis is not None:
+                at = meta[meta[axis].astype(str) == v]
+                for a in attributes:
+                    if a == axis:
+                        row[a] = v
+                    elif a in NUMERIC:
+                        row[a] = float(pd.to_numeric(at[a], errors="coerce").median()) if len(at) else np.nan
+                    else:
+                        row[a] = at[a].astype(str).mode().iloc[0] if len(at) else UNKNOWN
+            rows += [row] * (per_cell if axis is not None else n_values * per_cell)
+    out = pd.DataFrame(rows)
+    for a in ("tissue_source_site", "race", "gender"):  # the grid's captions name the site and race
+        if a not in out:
+            out[a] = UNKNOWN
+    return out
 
 
 class DiffusionMethod(Method):
@@ -744,6 +765,13 @@ class DiffusionMethod(Method):
         """Build the untrained model for ``train`` and return its checkpoint folder (content-addressed)."""
         from benchmark.training import Checkpoints, model_key
 
+        absent = [a for a in self.params.attributes if a not in train.metadata.columns]
+        if absent:
+            from benchmark.config import ConfigError
+
+            extra = [c for c in train.metadata.columns if c not in RESERVED_COLUMNS]
+            raise ConfigError(f"method.attributes names {absent}, which task {ctx.task.name!r} does not have; its "
+                              f"metadata columns: {extra}")
         attrs = [a for a in self.params.attributes if a not in NUMERIC]
         vocab = Vocabulary.from_metadata(train.metadata, attrs)
         classes = list(ctx.task.classes)

@@ -66,6 +66,22 @@ def test_expand_plan_rows_carry_conditioning_and_are_synthetic():
     assert (rows["label"] == rows["cancer_type"].map({"LUAD": 0, "LUSC": 1})).all()
 
 
+def test_a_cohorts_own_column_is_planned_and_carried():
+    """A manifest column (``scanner``) as an attribute: the plan fills its missing combinations and the synthetic
+    rows carry it, after the schema's columns."""
+    from benchmark.data import METADATA_COLUMNS
+
+    meta = train_meta().assign(scanner=["A"] * 8 + ["B"] * 4 + ["A"] * 4)
+    plan = generation_plan(meta, CLASSES, ["tissue_source_site", "scanner"], "fill", ratio=1.0)
+    # combos seen: (01,A) LUAD only, (02,B) LUSC only, (03,A) both
+    assert set(map(tuple, plan[["cancer_type", "tissue_source_site", "scanner"]].to_numpy())) == {
+        ("LUSC", "01", "A"), ("LUAD", "02", "B")}
+    rows = expand_plan(plan, meta, "medi", seed=0)
+    assert list(rows.columns) == [*METADATA_COLUMNS, "scanner"]
+    assert rows.groupby("cancer_type")["scanner"].unique().map(list).to_dict() == {"LUAD": ["B"], "LUSC": ["A"]}
+    assert (rows["race"] == "Unknown").all()
+
+
 def test_bad_mode_and_column_are_named():
     with pytest.raises(ValueError, match="unknown generation plan 'more'"):
         generation_plan(train_meta(), CLASSES, [], "more")

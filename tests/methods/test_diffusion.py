@@ -156,8 +156,10 @@ def test_condition_modes_and_numeric_age(mode):
 def test_bad_params_are_named():
     with pytest.raises(ConfigError, match="method.cond_mode='sum'"):
         validate(tiny_params(cond_mode="sum"))
-    with pytest.raises(ConfigError, match="method.attributes"):
-        validate(tiny_params(attributes=("hospital",)))
+    validate(tiny_params(attributes=("hospital",)))  # any column name; whether the task has it is checked at fit
+    for bad in (("patient_id",), ("race", "race"), ("",)):
+        with pytest.raises(ConfigError, match="method.attributes"):
+            validate(tiny_params(attributes=bad))
     with pytest.raises(ConfigError, match="method.guidance_scale"):
         validate(tiny_params(guidance_scale=3.0))
     with pytest.raises(ConfigError, match="norm_num_groups"):

@@ -318,6 +318,23 @@ def test_task_file_content_is_part_of_the_run_hash(cohort: tuple[Path, pd.DataFr
     assert c.task_sha256 != a.task_sha256 and c.digest("code") != a.digest("code")
     # a registered task's config is as before: no file
     assert build_config("none", "nsclc", "smoke", 0, "cpu").task_file == ""
+    assert build_config("none", "nsclc", "smoke", 0, "cpu").manifest_sha256 == ""
+
+
+def test_manifest_content_is_part_of_the_run_hash(cohort: tuple[Path, pd.DataFrame], registry) -> None:
+    """A manifest edited in place (one label corrected) is another cohort: another run, never the old record."""
+    import hashlib
+
+    from benchmark.runner import build_config
+
+    csv, table = cohort
+    task = str(write_task(csv.parent))
+    a = build_config("none", task, "smoke", 0, "cpu")
+    assert a.manifest_sha256 == hashlib.sha256(csv.read_bytes()).hexdigest()
+    rewrite(csv, table.assign(label=table["label"].where(table.index != 3, "tumor")))
+    b = build_config("none", task, "smoke", 0, "cpu")
+    assert b.manifest_sha256 not in ("", a.manifest_sha256) and b.digest("code") != a.digest("code")
+    assert (b.data, b.split) == (a.data, a.split)  # nothing else differs
 
 
 def test_task_file_task_splits_by_its_columns(cohort: tuple[Path, pd.DataFrame], registry) -> None:
@@ -408,6 +425,35 @@ def test_a_task_file_runs_end_to_end_from_the_cli(cohort: tuple[Path, pd.DataFra
     groups = [g["group"] for split in record["groups"].values() for g in split]
     assert groups and all(g.split("|")[0] in CLASSES and g.split("|")[2] in ("scanA", "scanB") for g in groups)
     assert record["metrics"]["test_unseen/n"] > 0
+
+
+def test_medi_conditions_on_a_manifest_column(cohort: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    """A column of the cohort's own (``scanner``) as a conditioning attribute: the model learns its values, the plan
+    fills the class x hospital x scanner cells the training set lacks, and the synthetic patches carry the column. A
+    column the cohort does not have is one line naming it and the columns there are."""
+    csv, table = cohort
+    # hospitals 0 and 1 scan normal tissue on scanA and tumour on scanB: (normal, h, scanB) and (tumor, h, scanA)
+    # are missing, and only a scanner-aware plan asks for them (one hospital of five is held out, so one stays)
+    scanner = np.where(table["tissue_source_site"].isin(["hospital_0", "hospital_1"]),
+                       np.where(table["label"] == "normal", "scanA", "scanB"), table["scanner"])
+    rewrite(csv, table.assign(scanner=scanner))
+    task = write_task(csv.parent, {**TASK, "group_columns": ["tissue_source_site"]})
+    out = tmp_path / "results"
+    args = ["run", "--method", "medi", "--task", str(task), "--preset", "smoke", "--out", str(out), "--no-progress"]
+    proc = run_cli(*args, "--set", "method.attributes=tissue_source_site,scaner", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert ("method.attributes names ['scaner'], which task 'cohort' does not have; its metadata columns: "
+            in proc.stderr.strip().splitlines()[-1]) and "'scanner'" in proc.stderr
+    proc = run_cli(*args, "--set", "method.attributes=tissue_source_site,scanner", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert record["config"]["method_params"]["attributes"] == ["tissue_source_site", "scanner"]
+    plan = pd.DataFrame(record["method_report"]["plan"])
+    assert set(plan.columns) == {"label", "cancer_type", "tissue_source_site", "scanner", "n"}
+    cells = set(zip(plan["cancer_type"], plan["tissue_source_site"], plan["scanner"]))
+    assert cells and cells <= {(c, h, s) for h in ("hospital_0", "hospital_1")
+                               for c, s in (("normal", "scanB"), ("tumor", "scanA"))}
+    assert record["metrics"]["train/n_synthetic"] == plan["n"].sum() > 0
 
 
 @pytest.mark.slow
