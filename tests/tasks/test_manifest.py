@@ -450,7 +450,7 @@ def test_medi_conditions_on_a_manifest_column(cohort: tuple[Path, pd.DataFrame],
     assert record["config"]["method_params"]["attributes"] == ["tissue_source_site", "scanner"]
     plan = pd.DataFrame(record["method_report"]["plan"])
     assert set(plan.columns) == {"label", "cancer_type", "tissue_source_site", "scanner", "n"}
-    cells = set(zip(plan["cancer_type"], plan["tissue_source_site"], plan["scanner"]))
+    cells = set(zip(plan["cancer_type"], plan["tissue_source_site"], plan["scanner"], strict=True))
     assert cells and cells <= {(c, h, s) for h in ("hospital_0", "hospital_1")
                                for c, s in (("normal", "scanB"), ("tumor", "scanA"))}
     assert record["metrics"]["train/n_synthetic"] == plan["n"].sum() > 0
