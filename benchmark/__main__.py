@@ -487,6 +487,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args.method, args.task, args.preset, args.seed, args.device, args.overrides)
     record = run_one(cfg, args.out, force=args.force, progress=not args.no_progress)
+    if record is None:  # another process than the main one of ``accelerate launch``: the main one reports
+        return 0
     status = "reused finished run" if record.get("reused") else f"finished in {record['duration_s']:.1f} s"
     print(f"\n{cfg.name}  (preset {cfg.preset}, encoder {cfg.probe.encoder}, device {cfg.device}): {status}")
     n_syn = record["metrics"].get("train/n_synthetic") or 0
@@ -699,9 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     interrupts.install()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    from benchmark import distributed
+
+    quiet = args.quiet or not distributed.is_main()  # the other processes of ``accelerate launch``: warnings only
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from benchmark.config import ConfigError
     from benchmark.registry import RegistryError
 

@@ -73,6 +73,9 @@ class Method:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type | None] = None  # a frozen dataclass of the method's hyperparameters, or None
+    # fit and augment can run in several processes at once (``accelerate launch``): every process calls them, the
+    # method shares the work out (benchmark.distributed). Otherwise the main process runs the method alone.
+    multi_process: ClassVar[bool] = False
 
     def __init__(self, params: Any = None):
         self.params = params

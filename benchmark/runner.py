@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark import __version__, interrupts, stats
+from benchmark import __version__, distributed, interrupts, stats
 from benchmark import metrics as M
 from benchmark.cache import atomic_write_json, cached_array, remove_orphan_temps
 from benchmark.config import PRESETS, ConfigError, RunConfig, default_preset, parse_overrides, resolve
@@ -243,19 +243,29 @@ def run_one(
     force: bool = False,
     progress: bool = True,
     tags: dict[str, str] | None = None,
-) -> dict:
+) -> dict | None:
     """Run ``cfg`` (or reuse its finished record) and return the record. ``tags``: extra MLflow run tags (e.g.
-    ``optuna_trial``); a reused run is not logged again, so it keeps the tags it was made with."""
-    from benchmark import tracking
+    ``optuna_trial``); a reused run is not logged again, so it keeps the tags it was made with. Under ``accelerate
+    launch`` with several processes the main process returns the record and the others None."""
     from benchmark.registry import ensure_task
 
     ensure_task(cfg)  # a config sent to a worker or a cluster job: its task (maybe from a file) known here too
     results_dir = Path(results_dir)
     run_dir = run_dir_for(cfg, results_dir)
+    if distributed.world_size() > 1:
+        return _run_multi_process(cfg, results_dir, run_dir, force, progress, tags)
     # 1. reuse a finished run
     if not force and (record := _reuse(run_dir, results_dir)) is not None:
         return record
     # 2. fail early: the tracking store must be reachable before any work starts
+    return run_one_locked(cfg, results_dir, run_dir, force, progress, tags)
+
+
+def run_one_locked(cfg: RunConfig, results_dir: Path, run_dir: Path, force: bool, progress: bool,
+                   tags: dict[str, str] | None) -> dict:
+    """Check the tracking store, take the run's lock, run it (unless another process finished it meanwhile)."""
+    from benchmark import tracking
+
     uri = tracking.tracking_uri(results_dir)
     tracking.check_reachable(uri)
     with _RunLock(run_dir):
@@ -267,6 +277,40 @@ def run_one(
         for path in remove_orphan_temps(results_dir):  # files half-written by killed processes
             log.info("removed %s, left by a killed process", path)
         return _run_locked(cfg, results_dir, run_dir, progress, tags)
+
+
+def _run_multi_process(cfg: RunConfig, results_dir: Path, run_dir: Path, force: bool, progress: bool,
+                       tags: dict[str, str] | None) -> dict | None:
+    """One run in several processes (``accelerate launch --num_processes N``): the main process runs it as one
+    process would (reuse, lock, tracking, evaluation, record); the others join it for the method's training and
+    sampling when the method shares them out (``Method.multi_process``), then stop. Returns None in the others."""
+    distributed.init(cfg.device)
+    record = None
+    if distributed.is_main():
+        record = None if force else _reuse(run_dir, results_dir)
+    if distributed.broadcast(record is not None):
+        distributed.finish()
+        return record
+    shared = getattr(METHODS.get(cfg.method), "multi_process", False)
+    if not shared:  # the main process runs the method alone
+        log.info("%s runs in the main process only", cfg.method)
+        distributed.finish()
+    if distributed.is_main():
+        return run_one_locked(cfg, results_dir, run_dir, force, progress, tags)  # _execute calls finish()
+    if shared:
+        _fit_and_augment(cfg, run_dir, results_dir / "cache", _NoTracker(), progress=False)
+        distributed.finish()
+    return None
+
+
+class _NoTracker:
+    """What a follower process of a multi-process run logs to: nothing (the main process tracks the run)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
+        pass
 
 
 def _reuse(run_dir: Path, results_dir: Path) -> dict | None:
@@ -370,13 +414,14 @@ def _close_quietly(tracker, status: str) -> None:
         log.warning("could not mark MLflow run %s %s: %s", tracker.run_id, status, str(exc).splitlines()[0])
 
 
-def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: bool) -> dict:
+def _fit_and_augment(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: bool):
+    """Steps 1-4 of a run: seeds, splits, the method's fit and the augmented training set (the part the processes of
+    a multi-process run share). Returns (task, splits, method, context, augmented training split)."""
     # 1. seed everything (global generators: the sampling seed; each source has its own seed, RunConfig.seed_for)
     seed_everything(cfg.seed_for("sampling"))
     # 2. the task's splits
     task: Task = TASKS.get(cfg.task)(cfg.data, cfg.split, cache_dir, progress)
     splits = task.splits(cfg.seed_for("split"))
-    data_info = dict(splits["train"].info)
     log.info("splits: %s", {k: len(v) for k, v in splits.items()})
     # 3. the method learns from the training split
     method: Method = METHODS.get(cfg.method)(cfg.method_params)
@@ -399,6 +444,13 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         meta = train.metadata.copy()
         meta["group"] = task.groups(meta)
         train = Split(train.images, meta, "train", train.info)
+    return task, splits, method, ctx, train
+
+
+def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: bool) -> dict:
+    task, splits, method, ctx, train = _fit_and_augment(cfg, run_dir, cache_dir, tracker, progress)
+    distributed.finish()  # several processes: the others stop here; the rest is the main process's alone
+    data_info = dict(splits["train"].info)
     evals = {name: method.transform_eval(splits[name], ctx) for name in EVAL_SPLITS}
     # 5. frozen encoder -> embeddings (cached) -> linear probe
     probe = Probe(cfg, cache_dir)

@@ -71,9 +71,15 @@ class Checkpoints:
     @contextlib.contextmanager
     def exclusive(self):
         """Hold the model's training lock (``flock``; released by the OS if the process dies). A second process
-        that wants the same model (a sweep worker running another seed) waits here, then finds it trained."""
+        that wants the same model (a sweep worker running another seed) waits here, then finds it trained. Of the
+        processes of one multi-process run only the main one takes it (the others train with it)."""
         import fcntl
 
+        from benchmark import distributed
+
+        if not distributed.is_main():
+            yield self
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".train.lock", "a+") as handle:
             try:
@@ -178,13 +184,20 @@ def train_loop(
     """
     from tqdm.auto import tqdm
 
-    from benchmark import interrupts
+    from benchmark import distributed, interrupts
 
-    # 1. resume from the newest readable checkpoint (a checkpoint half-written by a killed process is removed)
-    for path in remove_orphan_temps(checkpoints.folder) if checkpoints.folder.is_dir() else []:
-        log.info("%s: removed %s, a checkpoint left half-written by a killed process", desc, path.name)
+    main = distributed.is_main()
+    # 1. resume from the newest readable checkpoint (a checkpoint half-written by a killed process is removed); with
+    # several processes the main one chooses it and the others load the same file
+    found = None
+    if main:
+        for path in remove_orphan_temps(checkpoints.folder) if checkpoints.folder.is_dir() else []:
+            log.info("%s: removed %s, a checkpoint left half-written by a killed process", desc, path.name)
+        found = checkpoints.newest_readable()
+    chosen = distributed.broadcast(str(found[0]) if found is not None else None)
+    if found is None and chosen is not None:
+        found = Path(chosen), checkpoints.load(Path(chosen))
     start = 0
-    found = checkpoints.newest_readable()
     if found is not None:
         path, state = found
         set_state(state)
@@ -221,14 +234,15 @@ def train_loop(
                 t_last, images_since, loss_sum, n_loss = time.time(), 0, 0.0, 0
             bar.update(1)
             # 4. checkpoints
-            if done % checkpoint_every == 0 and done < total_steps:
+            if done % checkpoint_every == 0 and done < total_steps and main:  # the main process writes
                 checkpoints.save(done, get_state())
             if stop_after is not None and done - start >= stop_after:
                 return done
         return total_steps
     except KeyboardInterrupt:
         bar.close()
-        _keep_interrupted(checkpoints, completed, total_steps, get_state, desc)
+        if main:
+            _keep_interrupted(checkpoints, completed, total_steps, get_state, desc)
         raise
     finally:
         bar.close()

@@ -331,7 +331,12 @@ def make_accelerator(precision: str, device: str):
                 f"for {precision!r}: set method.mixed_precision to match the launch config"
             )
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=precision, cpu=device == "cpu")
+    from accelerate.utils import DataLoaderConfiguration
+
+    # split_batches: method.batch_size is the global batch, shared out over the processes; without it accelerate's
+    # scheduler wrapper would step the learning-rate schedule once per process per step
+    return Accelerator(mixed_precision=precision, cpu=device == "cpu",
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 class DiffusionModel:
@@ -462,10 +467,15 @@ class DiffusionModel:
             return DDIMScheduler.from_config(ddpm.config, clip_sample_range=self.clip_range())
         return DPMSolverMultistepScheduler.from_config(ddpm.config, algorithm_type="dpmsolver++", solver_order=2)
 
-    def sample(self, meta: pd.DataFrame, device: str, seed: int, progress: bool = False) -> np.ndarray:
-        """uint8 N x H x W x 3 images conditioned on the rows of ``meta``."""
+    def sample(self, meta: pd.DataFrame, device: str, seed: int, progress: bool = False,
+               shard: bool = False) -> np.ndarray:
+        """uint8 N x H x W x 3 images conditioned on the rows of ``meta``. Each batch's noise depends on the seed and
+        the batch's position only, so ``shard`` (every process of a multi-process run samples its share of the
+        batches and all of them get the whole result) gives the images one process would."""
         import torch
         from tqdm.auto import tqdm
+
+        from benchmark import distributed
 
         p = self.params
         n = len(meta)
@@ -478,10 +488,13 @@ class DiffusionModel:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         for m in self.modules():
             m.to(device).eval()
-        bar = tqdm(total=n, desc=f"sampling ({p.sampler}, {p.sampling_steps} steps)", disable=not progress,
-                   leave=False)
+        starts = list(range(0, n, p.sample_batch_size))
+        if shard:
+            starts = [starts[i] for i in distributed.shard(len(starts))]
+        bar = tqdm(total=sum(min(n, s + p.sample_batch_size) - s for s in starts),
+                   desc=f"sampling ({p.sampler}, {p.sampling_steps} steps)", disable=not progress, leave=False)
         with torch.inference_mode():
-            for start in range(0, n, p.sample_batch_size):
+            for start in starts:
                 stop = min(n, start + p.sample_batch_size)
                 b = stop - start
                 gen = torch.Generator("cpu").manual_seed(seed * 7919 + start)
@@ -506,6 +519,11 @@ class DiffusionModel:
                 out[start:stop] = img
                 bar.update(b)
         bar.close()
+        if shard and distributed.world_size() > 1:
+            batches = distributed.gather({s: out[s : s + p.sample_batch_size] for s in starts})
+            for part in batches:
+                for s, img in part.items():
+                    out[s : s + len(img)] = img
         return out
 
 
@@ -530,6 +548,15 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     precision = resolve_mixed_precision(p.mixed_precision, ctx.device)
     accelerator = make_accelerator(precision, ctx.device)
     device = accelerator.device
+    # several processes (``accelerate launch``): each computes its share of every global batch, DDP averages the
+    # gradients, so the update is the one-process update of the same global batch
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if p.batch_size % world:
+        from benchmark.config import ConfigError
+
+        raise ConfigError(f"method.batch_size={p.batch_size} is invalid with {world} processes: expected a multiple "
+                          f"of {world} (the global batch is shared out equally)")
+    share = slice(rank * p.batch_size // world, (rank + 1) * p.batch_size // world)
     torch.manual_seed(model.seed)
     params = [q for m in model.modules() for q in m.parameters()]
     optimizer = torch.optim.AdamW(
@@ -565,7 +592,9 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
             cod = {a: np.where(drop[i + 1], drop_codes[a][: p.batch_size], v) for i, (a, v) in enumerate(cod.items())}
         noise = torch.randn(x.shape, generator=g)
         t = torch.randint(0, p.num_train_timesteps, (p.batch_size,), generator=g)
-        return x.to(device), lab, cod, noise.to(device), t.to(device)
+        # the global batch is drawn in every process alike; each keeps its share
+        return (x[share].to(device), lab[share], {a: v[share] for a, v in cod.items()}, noise[share].to(device),
+                t[share].to(device))
 
     # 3. one optimisation step
     def step_fn(step: int) -> dict[str, float]:
@@ -580,7 +609,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         target = noise if p.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x
         per_image = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per_image * loss_weights(alphas[t], p)).mean()
-        value = loss.item()
+        value = loss.item() if world == 1 else accelerator.reduce(loss.detach(), "mean").item()  # the global loss
         if not math.isfinite(value):
             return {"loss": value, "images": p.batch_size}
         accelerator.backward(loss)
@@ -591,7 +620,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(params)
-        if p.preview_every and (step + 1) % p.preview_every == 0:
+        if p.preview_every and (step + 1) % p.preview_every == 0 and accelerator.is_main_process:
             preview(step + 1)
         if observe is not None and ((step + 1) % observe_every == 0 or step + 1 == p.steps):
             with ema_weights():
@@ -666,14 +695,19 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         stop_after=stop_after,
     )
     if reached < p.steps:
-        ckpt.save(reached, get_state())
+        if accelerator.is_main_process:
+            ckpt.save(reached, get_state())
         return {"stopped_at": reached}
     if ema is not None:
         ema.copy_to(params)
     model.unet = accelerator.unwrap_model(unet).float()
     model.cond = accelerator.unwrap_model(cond).float()
     stats = {"train_seconds": round(time.time() - started, 1), "train_steps": p.steps, "precision": precision}
-    ckpt.save_final(model.state_tensors(), {"steps": p.steps, **stats})
+    if world > 1:
+        stats["processes"] = world
+    if accelerator.is_main_process:
+        ckpt.save_final(model.state_tensors(), {"steps": p.steps, **stats})
+    accelerator.wait_for_everyone()
     return stats
 
 
@@ -727,6 +761,7 @@ class DiffusionMethod(Method):
 
     Params = DiffusionParams
     default_attributes: tuple[str, ...] = ("tissue_source_site", "race")
+    multi_process = True  # training and sampling share out over the processes of ``accelerate launch``
 
     def __init__(self, params: DiffusionParams | None = None):
         super().__init__(params or self.default_params("cpu"))
@@ -785,7 +820,9 @@ class DiffusionMethod(Method):
         return Checkpoints(folder)
 
     def _load_cached(self, ckpt, ctx: Context) -> bool:
-        if not ckpt.is_done():
+        from benchmark import distributed
+
+        if not distributed.broadcast(ckpt.is_done()):  # several processes: the main one decides for all
             return False
         self.model.load_tensors(ckpt.load_final())
         ctx.report["model_reused"] = True
@@ -816,18 +853,20 @@ class DiffusionMethod(Method):
         if len(rows) == 0:
             log.warning("%s: empty generation plan (no missing combinations); training set unchanged", self.name)
             return train
-        images = self.synthesize(rows, ctx)
+        images = self.synthesize(rows, ctx, shard=True)  # every process of a multi-process run makes its share
         synthetic = Split(images, rows, "synthetic")
         return concat([train, synthetic], "train")
 
-    def synthesize(self, conditions: pd.DataFrame, ctx: Context) -> np.ndarray:
+    def synthesize(self, conditions: pd.DataFrame, ctx: Context, shard: bool = False) -> np.ndarray:
+        """Images for the rows of ``conditions``; ``shard``: called by every process of a multi-process run, each
+        samples its share (only the augmentation is; the main process alone samples for the FID)."""
         if self.model is None:
             raise RuntimeError(f"{self.name}: synthesize() called before fit()")
         meta = conditions.copy()
         if not self.params.attributes:  # cls: only the class is used; drop the rest explicitly
             for a in CATEGORICAL:
                 meta[a] = UNKNOWN
-        return self.model.sample(meta, ctx.device, ctx.seed, progress=ctx.progress)
+        return self.model.sample(meta, ctx.device, ctx.seed, progress=ctx.progress, shard=shard)
 
 
 @METHODS.register("medi", "MeDi: diffusion conditioned on class + metadata (site, race); fills missing combinations")
