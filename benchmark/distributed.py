@@ -30,6 +30,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def active() -> bool:
+    """Several processes, joined together: between :func:`init` and :func:`finish`. Outside that stretch every
+    collective here acts as in a single process."""
+    if world_size() == 1:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def init(device: str) -> None:
     """Join the launcher's process group (gloo on the CPU, nccl on CUDA) before the first collective."""
     if world_size() > 1:
@@ -40,7 +50,7 @@ def init(device: str) -> None:
 
 def broadcast(value: T) -> T:
     """The main process's ``value`` in every process (a decision all must take together)."""
-    if world_size() == 1:
+    if not active():
         return value
     from accelerate.utils import broadcast_object_list
 
@@ -49,7 +59,7 @@ def broadcast(value: T) -> T:
 
 def gather(value: Any) -> list[Any]:
     """Every process's ``value``, in rank order, in every process."""
-    if world_size() == 1:
+    if not active():
         return [value]
     import torch.distributed as dist
 
@@ -60,16 +70,14 @@ def gather(value: Any) -> list[Any]:
 
 def shard(n: int) -> range:
     """The indices of ``n`` items (batches) this process takes: every ``world_size()``-th, from its rank."""
-    return range(rank(), n, world_size())
+    return range(rank(), n, world_size()) if active() else range(n)
 
 
 def finish() -> None:
     """End the shared part: wait for every process, then leave the process group, so that what the main process does
     alone afterwards (evaluation; torchmetrics would otherwise try to synchronize its FID) is single-process."""
-    if world_size() == 1:
-        return
-    import torch.distributed as dist
+    if active():
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -519,7 +519,7 @@ class DiffusionModel:
                 out[start:stop] = img
                 bar.update(b)
         bar.close()
-        if shard and distributed.world_size() > 1:
+        if shard and distributed.active():
             batches = distributed.gather({s: out[s : s + p.sample_batch_size] for s in starts})
             for part in batches:
                 for s, img in part.items():
