@@ -81,3 +81,59 @@ def finish() -> None:
 
         dist.barrier()
         dist.destroy_process_group()
+
+
+def average_gradients(parameters) -> None:
+    """Average the gradients of ``parameters`` over the processes, in place (one all-reduce): each process's loss is
+    the mean over its equal share of the global batch, so the average is the gradient of the global mean."""
+    if not active():
+        return
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean(values):
+    """The mean over the processes of a 1-d tensor of per-process values (the same tensor in one process)."""
+    if not active():
+        return values
+    import torch.distributed as dist
+
+    out = values.detach().clone()
+    dist.all_reduce(out)
+    return out / world_size()
+
+
+def concat(tensor):
+    """Every process's ``tensor`` joined along the first dimension, in rank order (the global batch from its
+    shares); the tensor itself in one process."""
+    if not active():
+        return tensor
+    import torch
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def share(n: int) -> slice:
+    """This process's equal share of a global batch of ``n`` (all of it in one process); ``n`` must divide."""
+    if not active():
+        return slice(0, n)
+    if n % world_size():
+        from benchmark.config import ConfigError
+
+        raise ConfigError(f"a batch of {n} cannot be shared out equally over {world_size()} processes: set the "
+                          f"method's batch_size to a multiple of {world_size()}")
+    return slice(rank() * n // world_size(), (rank() + 1) * n // world_size())

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark import distributed
 from benchmark.config import tunable
 from benchmark.data import UNKNOWN, Split, concat
 from benchmark.generation import PLAN_MODES, expand_plan, generation_plan
@@ -363,12 +364,15 @@ class Trainer:
         p, dev = self.p, self.device
         g = step_generator(self.seed, step)
         b = p.batch_size
-        # 1. a batch of sources, a target site for each, and a real patch of that target site
+        # 1. a batch of sources, a target site for each, and a real patch of that target site; with several processes
+        # (accelerate launch) every one draws the same global batch and keeps its share
         src_idx = torch.randint(0, len(self.images), (b,), generator=g)
         target = self.targets[torch.randint(0, len(self.targets), (b,), generator=g)]
         pick = (torch.rand(b, generator=g, dtype=torch.float64) * self.count[target]).long()
         real_idx = self.order[self.start[target] + pick.clamp(max=self.count[target] - 1)]
         flips = torch.rand(2, b, generator=g) < (0.5 if p.flip else 0.0)
+        mine = distributed.share(b)
+        src_idx, target, real_idx, flips = src_idx[mine], target[mine], real_idx[mine], flips[:, mine]
         x, y = self._batch(src_idx, flips[0]), self._batch(real_idx, flips[1])
         src, tgt = self.domains[src_idx].to(dev), target.to(dev)
         lr = self.lr_at(step)
@@ -389,30 +393,38 @@ class Trainer:
             else torch.zeros((), device=dev)
         )
         loss_g = loss_gan + loss_cycle + loss_idt
-        if not torch.isfinite(loss_g):
-            return {"loss": float(loss_g.detach()), "images": b}
+        # the losses of the global batch (the mean of the processes' shares; the same values in one process)
+        g_parts = distributed.mean(torch.stack([loss_gan, loss_cycle, loss_idt, loss_g]).detach().float())
+        if not torch.isfinite(g_parts[3]):
+            return {"loss": float(g_parts[3]), "images": b}
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        distributed.average_gradients(self.G.parameters())
         self.opt_g.step()
-        # 3. discriminator: real target-site patches vs translated ones (from the history pool)
+        # 3. discriminator: real target-site patches vs translated ones (from the history pool, which every process
+        # keeps whole: it is fed the global batch's translations and hands each process its share back)
         self.D.requires_grad_(True)
-        fake_pool, fake_dom = self._query_pool(fake.detach(), tgt, g)
+        fake_pool, fake_dom = self._query_pool(distributed.concat(fake.detach()), distributed.concat(tgt), g)
+        fake_pool, fake_dom = fake_pool[mine], fake_dom[mine]
         with autocast(dev, p.precision):
             real_score = self.D(y, tgt).float()
             fake_score = self.D(fake_pool.to(x.dtype), fake_dom).float()
         loss_d = 0.5 * (lsgan_loss(real_score, True) + lsgan_loss(fake_score, False))
-        if not torch.isfinite(loss_d):
-            return {"loss": float(loss_d.detach()), "images": b}
+        d_loss = float(distributed.mean(loss_d.detach().float().view(1))[0])
+        if not math.isfinite(d_loss):
+            return {"loss": d_loss, "images": b}
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        distributed.average_gradients(self.D.parameters())
         self.opt_d.step()
+        loss_gan_v, loss_cycle_v, loss_idt_v, loss_g_v = (float(v) for v in g_parts)
         return {
-            "loss": float(loss_g.detach() + loss_d.detach()),
+            "loss": loss_g_v + d_loss,
             "images": b,
-            "loss_g_gan": float(loss_gan.detach()),
-            "loss_cycle": float(loss_cycle.detach()),
-            "loss_identity": float(loss_idt.detach()),
-            "loss_d": float(loss_d.detach()),
+            "loss_g_gan": loss_gan_v,
+            "loss_cycle": loss_cycle_v,
+            "loss_identity": loss_idt_v,
+            "loss_d": d_loss,
             "lr": lr,
         }
 
@@ -451,6 +463,7 @@ class CycleGAN(Method):
 
     name = "cyclegan"
     Params = Params
+    multi_process = True  # training and translation share out over the processes of ``accelerate launch``
 
     def __init__(self, params: Params | None = None):
         super().__init__(params if params is not None else Params())
@@ -505,8 +518,8 @@ class CycleGAN(Method):
     def _load_or_train(self, train: Split, ctx: Context, images: np.ndarray, domains: np.ndarray,
                        ckpts: Checkpoints, report: dict, stop_after: int | None) -> bool:
         generator, _ = build_networks(self.params, len(self.vocabulary), ctx.model_seed)
-        # 1. a finished model: load it
-        if ckpts.is_done():
+        # 1. a finished model: load it (several processes: the main one decides for all)
+        if distributed.broadcast(ckpts.is_done()):
             import json
 
             meta = json.loads((ckpts.folder / "done.json").read_text())
@@ -538,14 +551,16 @@ class CycleGAN(Method):
         )
         seconds = time.time() - started
         if reached < p.steps:
-            ckpts.save(reached, trainer.state())
+            if distributed.is_main():
+                ckpts.save(reached, trainer.state())
             log.info("cyclegan: stopped at step %d of %d (checkpoint kept)", reached, p.steps)
             return False
         # 3. the final weights (generator only) and what they were trained on
         n_params = sum(t.numel() for t in trainer.G.parameters())
-        ckpts.save_final(trainer.G.state_dict(), {"vocabulary": self.vocabulary, "steps": p.steps,
-                                                   "train_seconds": round(seconds, 1), "generator_params": n_params,
-                                                   "params": asdict(p)})
+        if distributed.is_main():
+            ckpts.save_final(trainer.G.state_dict(), {"vocabulary": self.vocabulary, "steps": p.steps,
+                                                      "train_seconds": round(seconds, 1),
+                                                      "generator_params": n_params, "params": asdict(p)})
         self.generator = trainer.G.eval()
         report.update(trained=True, train_seconds=round(seconds, 1), generator_params=n_params)
         ctx.log_metrics({"cyclegan/train_seconds": seconds}, p.steps)
@@ -574,8 +589,10 @@ class CycleGAN(Method):
             out[i] = pool[rng.integers(len(pool))]
         return out, {"same_site_sources": same_site}
 
-    def translate(self, images: np.ndarray, sites: list[str] | np.ndarray, ctx: Context) -> np.ndarray:
-        """uint8 images translated into the style of ``sites`` (unknown sites: the pooled 'Unknown' style)."""
+    def translate(self, images: np.ndarray, sites: list[str] | np.ndarray, ctx: Context,
+                  shard: bool = False) -> np.ndarray:
+        """uint8 images translated into the style of ``sites`` (unknown sites: the pooled 'Unknown' style);
+        ``shard``: called by every process of a multi-process run, each translates its share of the batches."""
         torch = _torch()
         if self.generator is None:
             raise RuntimeError("cyclegan: fit() must run before translating")
@@ -583,8 +600,11 @@ class CycleGAN(Method):
         domains = torch.tensor([index.get(str(s), index[UNKNOWN]) for s in sites], dtype=torch.long)
         out = np.empty_like(images)
         bs = self.params.sample_batch_size
+        starts = list(range(0, len(images), bs))
+        if shard:
+            starts = [starts[i] for i in distributed.shard(len(starts))]
         with torch.no_grad():
-            for start in range(0, len(images), bs):
+            for start in starts:
                 x = to_tensor(images[start : start + bs], ctx.device)
                 with autocast(ctx.device, self.params.precision):
                     y = self.generator(x, domains[start : start + bs].to(ctx.device))
@@ -592,6 +612,10 @@ class CycleGAN(Method):
                     raise TrainingError(f"cyclegan: the generator produced non-finite pixels (batch at {start}); "
                                         "the cached model is unusable, delete it to retrain")
                 out[start : start + len(x)] = to_uint8(y)
+        if shard and distributed.active():
+            for part in distributed.gather({s: out[s : s + bs] for s in starts}):
+                for s, img in part.items():
+                    out[s : s + len(img)] = img
         return out
 
     def synthesize(self, conditions: pd.DataFrame, ctx: Context) -> np.ndarray:
@@ -599,7 +623,8 @@ class CycleGAN(Method):
         images, _ = self._synthesize(conditions, ctx, "synthesize")
         return images
 
-    def _synthesize(self, conditions: pd.DataFrame, ctx: Context, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    def _synthesize(self, conditions: pd.DataFrame, ctx: Context, purpose: str,
+                    shard: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Images and source rows; counts (unknown target sites, same-site sources) add up under ``purpose``."""
         if self.train_split is None:
             raise RuntimeError("cyclegan: fit() must run before synthesize()")
@@ -613,7 +638,7 @@ class CycleGAN(Method):
         if len(conditions) == 0:
             size = self.train_split.image_size
             return np.zeros((0, size, size, 3), dtype=np.uint8), src
-        images = self.translate(np.asarray(self.train_split.images)[src], targets, ctx)
+        images = self.translate(np.asarray(self.train_split.images)[src], targets, ctx, shard=shard)
         return images, src
 
     def augment(self, train: Split, ctx: Context) -> Split:
@@ -621,11 +646,12 @@ class CycleGAN(Method):
         p = self.params
         plan = generation_plan(train.metadata, ctx.task.classes, p.attributes, p.plan, p.ratio, ctx.seed)
         conditions = expand_plan(plan, train.metadata, self.name, ctx.seed)
-        images, src = self._synthesize(conditions, ctx, "augment")
+        images, src = self._synthesize(conditions, ctx, "augment", shard=True)
         if len(conditions) == 0:
             return train
         self._report_colour_shift(images, src, conditions, ctx)
-        self._sample_grid(ctx)
+        if distributed.is_main():
+            self._sample_grid(ctx)
         return concat([train, Split(images, conditions, "synthetic")], "train")
 
     def _report_colour_shift(self, images: np.ndarray, src: np.ndarray, conditions: pd.DataFrame,

@@ -550,13 +550,10 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     device = accelerator.device
     # several processes (``accelerate launch``): each computes its share of every global batch, DDP averages the
     # gradients, so the update is the one-process update of the same global batch
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if p.batch_size % world:
-        from benchmark.config import ConfigError
+    from benchmark import distributed
 
-        raise ConfigError(f"method.batch_size={p.batch_size} is invalid with {world} processes: expected a multiple "
-                          f"of {world} (the global batch is shared out equally)")
-    share = slice(rank * p.batch_size // world, (rank + 1) * p.batch_size // world)
+    world = accelerator.num_processes
+    share = distributed.share(p.batch_size)
     torch.manual_seed(model.seed)
     params = [q for m in model.modules() for q in m.parameters()]
     optimizer = torch.optim.AdamW(
