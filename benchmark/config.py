@@ -427,7 +427,6 @@ def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig, seeds: S
           for s in SEED_SOURCES),
         (data.image_size in (32, 64, 128, 256), "data.image_size", data.image_size, "one of 32, 64, 128, 256"),
         (data.on_error in ("fail", "skip"), "data.on_error", data.on_error, "'fail' or 'skip'"),
-        (bool(data.root) == bool(data.metadata), "data.metadata", data.metadata, "set together with data.root"),
         (not (data.manifest and data.root), "data.manifest", data.manifest,
          "not set together with data.root (a cohort comes from a manifest or from a TCGA-UT folder)"),
         (0.0 <= data.shortcut_strength <= 1.0, "data.shortcut_strength", data.shortcut_strength, "in [0, 1]"),
@@ -437,6 +436,11 @@ def _validate(data: DataConfig, split: SplitConfig, probe: ProbeConfig, seeds: S
         (probe.min_group_patients >= 1, "probe.min_group_patients", probe.min_group_patients, ">= 1"),
         (probe.bootstrap == 0 or probe.bootstrap >= 100, "probe.bootstrap", probe.bootstrap, "0 or >= 100"),
     ]
+    if bool(data.root) != bool(data.metadata):  # the one pair: say which half is missing and what it is
+        given, missing = ("data.root", "data.metadata") if data.root else ("data.metadata", "data.root")
+        raise ConfigError(f"{given} is set but {missing} is not: a TCGA-UT cohort needs both, the patch folder "
+                          "(data.root) and the GDC clinical CSV (data.metadata), e.g. --set data.root=/data/TCGA-UT "
+                          "data.metadata=/data/clinical.csv")
     for ok, key, value, expected in checks:
         if not ok:
             raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")

@@ -50,6 +50,8 @@ def test_overrides_are_typed():
         ("data.image_size=48", "data.image_size=48 is invalid: expected one of 32, 64, 128, 256"),
         ("probe.standardize=maybe", "expected a bool, one of 1/0, true/false, yes/no, on/off"),
         ("method.lr=1", "method 'none' has no parameters"),
+        ("data.root=/x", "data.root is set but data.metadata is not: a TCGA-UT cohort needs both"),
+        ("data.metadata=/x.csv", "data.metadata is set but data.root is not"),
     ],
 )
 def test_bad_overrides_name_the_key(item, message):
