@@ -39,6 +39,8 @@ examples:
   python -m benchmark run --method none --task uterine --set data.shortcut_strength=0 probe.C=0.1
   python -m benchmark run --method none --task nsclc --set data.root=/data/TCGA-UT data.metadata=clinical.csv
   python -m benchmark run --method none --task my_cohort/task.toml
+  # several GPUs (or CPU processes): medi, cls and cyclegan share training and sampling, the main process reports
+  accelerate launch --multi_gpu --num_processes 2 -m benchmark run --method medi --task nsclc --preset gpu
 
 --task FILE.toml: a task of your own (any --task ending in .toml or holding a path separator is a file), with
   name = "camelyon17", classes = ["normal", "tumor"] (labels of the manifest), heldout_keys and group_columns
@@ -711,6 +713,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "sweep": cmd_sweep, "tune": cmd_tune,
                 "samples": cmd_samples, "freeze": cmd_freeze, "perf": cmd_perf, "ui": cmd_ui}
     started = time.monotonic()
+    if distributed.world_size() > 1 and args.command != "run":
+        if distributed.is_main():
+            print(f"error: `{args.command}` runs as one process; under `accelerate launch` only `run` shares its "
+                  f"work out (a sweep spreads its jobs with --workers or --launcher slurm)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with interrupts.as_interrupt():  # a library failing while it unwinds a Ctrl-C: still an interruption
             return commands[args.command](args)

@@ -120,3 +120,17 @@ def test_the_cyclegan_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
     r1, r2 = (json.loads((out / "results.jsonl").read_text().splitlines()[-1]) for out in (one, two))
     for key in ("test_unseen/balanced_accuracy", "test_unseen/worst_group_accuracy", "train/n_synthetic"):
         assert r2["metrics"][key] == pytest.approx(r1["metrics"][key], abs=1e-9), key
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_run_shares_its_work_out(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                      rank: str) -> None:
+    """Under a launcher (WORLD_SIZE > 1) every other command is one clear line from the main process and exit 2."""
+    from benchmark.__main__ import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main(["sweep", "--preset", "smoke", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("" if rank == "1" else "error: `sweep` runs as one process; under `accelerate launch` only `run` "
+                   "shares its work out (a sweep spreads its jobs with --workers or --launcher slurm)")
