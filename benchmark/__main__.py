@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "then methods x metrics on test_unseen and test_seen (mean [95% t interval] over replicates), FID per cancer "
         "type, per-group heatmaps, sample grids and accuracy against the synthetic ratio.",
     )
-    rep.add_argument("--results", type=Path, default=Path("results"), help="results folder (default ./results)")
+    rep.add_argument("--results", type=Path, action="append",
+                     help="results folder (default ./results); repeat it to report several folders together, for "
+                     "example two frozen grids")
     rep.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
     rep.add_argument("--test", choices=("t", "signflip"), default="t",
                      help="the paired test over replicates the verdict uses: t (paired t-test, default; assumes "
@@ -511,8 +513,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     load_plugins()
     # the benchmark's own methods are expected in every task; a plug-in's appear where they have records
-    out = write_report(args.results, args.out, CANONICAL_METHODS, test=args.test, pdf=not args.no_pdf,
-                       allow_mixed_code=args.mixed_code)
+    out = write_report(args.results or [Path("results")], args.out, CANONICAL_METHODS, test=args.test,
+                       pdf=not args.no_pdf, allow_mixed_code=args.mixed_code)
     for task, preset, rows, missing in out["sections"]:
         note = f"; no records for {', '.join(missing)}" if missing else ""
         print(f"{task} ({preset}): {', '.join(rows)}{note}")

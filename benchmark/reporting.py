@@ -1184,7 +1184,7 @@ def mixed_code(records: Sequence[dict]) -> list[str]:
 
 
 def write_report(
-    results_dir: Path | str,
+    results_dir: Path | str | Sequence[Path | str],
     out_dir: Path | str,
     expected_methods: Sequence[str] = CANONICAL_METHODS,
     test: str = "t",
@@ -1192,26 +1192,37 @@ def write_report(
     allow_mixed_code: bool = False,
 ) -> dict[str, Any]:
     """Write ``leaderboard.html``, ``leaderboard.pdf`` and ``figures/*.png`` under ``out_dir``; what was written.
-    Records of one method made by different code are a ReportError unless ``allow_mixed_code`` (then the page
-    says so beside that method)."""
+    ``results_dir`` may be several folders (for example two frozen grids): their records are read together, one per
+    run id. Records of one method made by different code are a ReportError unless ``allow_mixed_code`` (then the
+    page says so beside that method)."""
     from benchmark.cache import atomic_write_bytes, atomic_write_text
 
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    if not results_dir.exists():
-        raise ReportError(f"--results {results_dir}: no such folder")
-    if not results_dir.is_dir():
-        raise ReportError(f"--results {results_dir} is not a folder")
-    records = load_records(results_dir)
-    if not records:
-        raise ReportError(f"--results {results_dir}: no run records there (results.jsonl or "
-                          "runs/<task>/<method>/<run>/record.json); nothing written")
+    folders = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(d) for d in results_dir]
+    out_dir = Path(out_dir)
+    records: list[dict] = []
+    seen: set[str] = set()
+    for folder in folders:
+        if not folder.exists():
+            raise ReportError(f"--results {folder}: no such folder")
+        if not folder.is_dir():
+            raise ReportError(f"--results {folder} is not a folder")
+        found = load_records(folder)
+        if not found:
+            raise ReportError(f"--results {folder}: no run records there (results.jsonl or "
+                              "runs/<task>/<method>/<run>/record.json); nothing written")
+        for rec in found:
+            key = str(rec.get("run_id") or rec.get("run_dir") or id(rec))
+            if key not in seen:
+                seen.add(key)
+                records.append(rec)
+    source = ", ".join(str(f) for f in folders)
     mixed = mixed_code(records)
     if mixed and not allow_mixed_code:
         more = f" (and {len(mixed) - 1} more)" if len(mixed) > 1 else ""
-        raise ReportError(f"--results {results_dir}: the records of {mixed[0]}{more} may not be comparable; re-run "
+        raise ReportError(f"--results {source}: the records of {mixed[0]}{more} may not be comparable; re-run "
                           "them with one version of the code, or pass --mixed-code to report them with a notice; "
                           "nothing written")
-    report = render(records, str(results_dir), expected_methods, test)
+    report = render(records, source, expected_methods, test)
     html_path = out_dir / "leaderboard.html"
     atomic_write_text(html_path, report.html)
     for fig in report.figures:

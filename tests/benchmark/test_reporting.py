@@ -328,6 +328,27 @@ def test_records_of_one_method_from_different_code_are_an_error_unless_asked_for
     assert "come from 2 code versions (0.1.0, 0.1.0+other)" in page
 
 
+def test_several_results_folders_are_reported_together_one_record_per_run(fixed, tmp_path):
+    root, records, _, _ = fixed
+    folders = {"nsclc": tmp_path / "frozen-a", "uterine": tmp_path / "frozen-b"}
+    for task, folder in folders.items():
+        folder.mkdir()
+        mine = [r for r in records if r["task"] == task] + [records[0]]  # one run in both folders
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mine))
+    out = tmp_path / "reports"
+    proc = run_cli("report", "--results", str(folders["nsclc"]), "--results", str(folders["uterine"]),
+                   "--out", str(out), "--no-pdf")
+    assert proc.returncode == 0, proc.stderr
+    assert "nsclc (smoke): none, cls, medi" in proc.stdout and "uterine (smoke): " in proc.stdout
+    assert f"({len(records)} run records," in proc.stdout  # the shared run counted once
+    page = (out / "leaderboard.html").read_text()
+    assert f"{folders['nsclc']}, {folders['uterine']}" in page
+    proc = run_cli("report", "--results", str(folders["nsclc"]), "--results", str(tmp_path / "gone"),
+                   "--out", str(tmp_path / "r2"), "--no-pdf")
+    assert proc.returncode == 1 and f"{tmp_path / 'gone'}: no such folder" in proc.stderr
+    assert not (tmp_path / "r2").exists()
+
+
 def test_a_page_without_valid_records_says_how_to_make_some(tmp_path):
     from pypdf import PdfReader
 
