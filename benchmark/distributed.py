@@ -137,3 +137,20 @@ def share(n: int) -> slice:
         raise ConfigError(f"a batch of {n} cannot be shared out equally over {world_size()} processes: set the "
                           f"method's batch_size to a multiple of {world_size()}")
     return slice(rank() * n // world_size(), (rank() + 1) * n // world_size())
+
+
+def batch_starts(n: int, batch_size: int, shard_it: bool = True) -> list[int]:
+    """The first index of each batch of ``batch_size`` out of ``n`` items that this process makes: every batch in
+    one process (or with ``shard_it`` False), its :func:`shard` of them among several."""
+    starts = list(range(0, n, batch_size))
+    return [starts[i] for i in shard(len(starts))] if shard_it else starts
+
+
+def gather_batches(out, starts: list[int], batch_size: int) -> None:
+    """Fill the array ``out`` in place with the batches every process made (``starts``: this process's, from
+    :func:`batch_starts`), so that all of them hold the whole result; nothing to do in one process."""
+    if not active():
+        return
+    for part in gather({s: out[s : s + batch_size] for s in starts}):
+        for s, block in part.items():
+            out[s : s + len(block)] = block

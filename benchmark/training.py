@@ -53,7 +53,9 @@ def step_generator(seed: int, step: int, device: str = "cpu"):
 
 
 class Checkpoints:
-    """Atomic training checkpoints (torch.save; loaded with ``weights_only=True``) and the final safetensors."""
+    """Atomic training checkpoints (torch.save; loaded with ``weights_only=True``) and the final safetensors. Of the
+    processes of one multi-process run only the main one writes (:meth:`save`, :meth:`save_final`) and locks
+    (:meth:`exclusive`); in the others these do nothing, so callers need no guard."""
 
     FINAL = "final.safetensors"
 
@@ -97,9 +99,15 @@ class Checkpoints:
         return max(found) if found else None
 
     def save(self, step: int, state: dict) -> Path:
+        """Write the checkpoint of ``step`` (the main process; the others only return its path) and keep the newest
+        ``keep``."""
         import torch
 
+        from benchmark import distributed
+
         path = self.folder / f"ckpt-{step:08d}.pt"
+        if not distributed.is_main():
+            return path
         # serialized in memory, then written: a failed write (a full disk) is then an OSError naming the file
         # (torch.save writing to a file reports it as an unspecific RuntimeError)
         buffer = io.BytesIO()
@@ -145,9 +153,14 @@ class Checkpoints:
         return None
 
     def save_final(self, tensors: dict, meta: dict) -> None:
-        """The trained weights (safetensors) and a done marker; checkpoints are then removed."""
+        """The trained weights (safetensors) and a done marker; checkpoints are then removed. The main process
+        writes; the others do nothing."""
         from safetensors.torch import save
 
+        from benchmark import distributed
+
+        if not distributed.is_main():
+            return
         atomic_write_bytes(self.final_path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
         atomic_write_json(self.folder / "done.json", meta)
         for _, old in self._all():
@@ -234,15 +247,14 @@ def train_loop(
                 t_last, images_since, loss_sum, n_loss = time.time(), 0, 0.0, 0
             bar.update(1)
             # 4. checkpoints
-            if done % checkpoint_every == 0 and done < total_steps and main:  # the main process writes
+            if done % checkpoint_every == 0 and done < total_steps:
                 checkpoints.save(done, get_state())
             if stop_after is not None and done - start >= stop_after:
                 return done
         return total_steps
     except KeyboardInterrupt:
         bar.close()
-        if main:
-            _keep_interrupted(checkpoints, completed, total_steps, get_state, desc)
+        _keep_interrupted(checkpoints, completed, total_steps, get_state, desc)
         raise
     finally:
         bar.close()
@@ -250,9 +262,12 @@ def train_loop(
 
 def _keep_interrupted(checkpoints: Checkpoints, step: int, total_steps: int, get_state: Callable[[], dict],
                       desc: str) -> None:
-    """Checkpoint an interrupted training at ``step`` (unless one of that step exists), log and note it."""
-    from benchmark import interrupts
+    """Checkpoint an interrupted training at ``step`` (unless one of that step exists), log and note it; the main
+    process of a multi-process run does it for all."""
+    from benchmark import distributed, interrupts
 
+    if not distributed.is_main():
+        return
     latest = checkpoints.latest()
     if latest is not None and latest[0] == step:
         path = latest[1]

@@ -551,16 +551,14 @@ class CycleGAN(Method):
         )
         seconds = time.time() - started
         if reached < p.steps:
-            if distributed.is_main():
-                ckpts.save(reached, trainer.state())
+            ckpts.save(reached, trainer.state())
             log.info("cyclegan: stopped at step %d of %d (checkpoint kept)", reached, p.steps)
             return False
         # 3. the final weights (generator only) and what they were trained on
         n_params = sum(t.numel() for t in trainer.G.parameters())
-        if distributed.is_main():
-            ckpts.save_final(trainer.G.state_dict(), {"vocabulary": self.vocabulary, "steps": p.steps,
-                                                      "train_seconds": round(seconds, 1),
-                                                      "generator_params": n_params, "params": asdict(p)})
+        ckpts.save_final(trainer.G.state_dict(), {"vocabulary": self.vocabulary, "steps": p.steps,
+                                                  "train_seconds": round(seconds, 1), "generator_params": n_params,
+                                                  "params": asdict(p)})
         self.generator = trainer.G.eval()
         report.update(trained=True, train_seconds=round(seconds, 1), generator_params=n_params)
         ctx.log_metrics({"cyclegan/train_seconds": seconds}, p.steps)
@@ -600,9 +598,7 @@ class CycleGAN(Method):
         domains = torch.tensor([index.get(str(s), index[UNKNOWN]) for s in sites], dtype=torch.long)
         out = np.empty_like(images)
         bs = self.params.sample_batch_size
-        starts = list(range(0, len(images), bs))
-        if shard:
-            starts = [starts[i] for i in distributed.shard(len(starts))]
+        starts = distributed.batch_starts(len(images), bs, shard)
         with torch.no_grad():
             for start in starts:
                 x = to_tensor(images[start : start + bs], ctx.device)
@@ -612,10 +608,8 @@ class CycleGAN(Method):
                     raise TrainingError(f"cyclegan: the generator produced non-finite pixels (batch at {start}); "
                                         "the cached model is unusable, delete it to retrain")
                 out[start : start + len(x)] = to_uint8(y)
-        if shard and distributed.active():
-            for part in distributed.gather({s: out[s : s + bs] for s in starts}):
-                for s, img in part.items():
-                    out[s : s + len(img)] = img
+        if shard:
+            distributed.gather_batches(out, starts, bs)
         return out
 
     def synthesize(self, conditions: pd.DataFrame, ctx: Context) -> np.ndarray:

@@ -488,9 +488,7 @@ class DiffusionModel:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         for m in self.modules():
             m.to(device).eval()
-        starts = list(range(0, n, p.sample_batch_size))
-        if shard:
-            starts = [starts[i] for i in distributed.shard(len(starts))]
+        starts = distributed.batch_starts(n, p.sample_batch_size, shard)
         bar = tqdm(total=sum(min(n, s + p.sample_batch_size) - s for s in starts),
                    desc=f"sampling ({p.sampler}, {p.sampling_steps} steps)", disable=not progress, leave=False)
         with torch.inference_mode():
@@ -519,11 +517,8 @@ class DiffusionModel:
                 out[start:stop] = img
                 bar.update(b)
         bar.close()
-        if shard and distributed.active():
-            batches = distributed.gather({s: out[s : s + p.sample_batch_size] for s in starts})
-            for part in batches:
-                for s, img in part.items():
-                    out[s : s + len(img)] = img
+        if shard:
+            distributed.gather_batches(out, starts, p.sample_batch_size)
         return out
 
 
@@ -606,7 +601,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         target = noise if p.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x
         per_image = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per_image * loss_weights(alphas[t], p)).mean()
-        value = loss.item() if world == 1 else accelerator.reduce(loss.detach(), "mean").item()  # the global loss
+        value = distributed.mean(loss.detach().reshape(1)).item()  # the global batch's loss
         if not math.isfinite(value):
             return {"loss": value, "images": p.batch_size}
         accelerator.backward(loss)
@@ -692,8 +687,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         stop_after=stop_after,
     )
     if reached < p.steps:
-        if accelerator.is_main_process:
-            ckpt.save(reached, get_state())
+        ckpt.save(reached, get_state())
         return {"stopped_at": reached}
     if ema is not None:
         ema.copy_to(params)
@@ -702,8 +696,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     stats = {"train_seconds": round(time.time() - started, 1), "train_steps": p.steps, "precision": precision}
     if world > 1:
         stats["processes"] = world
-    if accelerator.is_main_process:
-        ckpt.save_final(model.state_tensors(), {"steps": p.steps, **stats})
+    ckpt.save_final(model.state_tensors(), {"steps": p.steps, **stats})
     accelerator.wait_for_everyone()
     return stats
 

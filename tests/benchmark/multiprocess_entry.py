@@ -1,5 +1,5 @@
 """The benchmark's command line as the processes of ``accelerate launch`` run it in test_multiprocess.py, with what
-the test must see noted in ``$MP_NOTES`` (one JSON line per event): every checkpoint and final model written (by
+the test must see noted in ``$MP_NOTES`` (one JSON line per event): every checkpoint and final model file written (by
 which rank), and the sampling batches each rank took. With ``$MP_KILL_AFTER=N`` the whole launch is SIGKILLed
 right after checkpoint N is written (a machine that dies mid-training)."""
 
@@ -20,15 +20,21 @@ def note(**event) -> None:
         handle.write(json.dumps({"rank": distributed.rank(), **event}) + "\n")
 
 
-save, save_final, shard = training.Checkpoints.save, training.Checkpoints.save_final, distributed.shard
+write, shard = training.atomic_write_bytes, distributed.shard
 
 
-def noted_save(self, step, state):
-    path = save(self, step, state)
-    note(event="checkpoint", step=step)
-    if os.environ.get("MP_KILL_AFTER") == str(step):
-        kill_the_launch()
-    return path
+def noted_write(path, data):
+    """The file write under every checkpoint and final model (``Checkpoints.save``/``save_final``): noted only
+    when it really happens, so the test sees which processes write, not which ones call."""
+    path = Path(path)
+    write(path, data)
+    if path.name.startswith("ckpt-"):
+        step = int(path.stem.split("-")[1])
+        note(event="checkpoint", step=step)
+        if os.environ.get("MP_KILL_AFTER") == str(step):
+            kill_the_launch()
+    elif path.name == training.Checkpoints.FINAL:
+        note(event="final")
 
 
 def kill_the_launch() -> None:
@@ -41,18 +47,13 @@ def kill_the_launch() -> None:
     os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
-def noted_save_final(self, *args, **kwargs):
-    note(event="final")
-    return save_final(self, *args, **kwargs)
-
-
 def noted_shard(n):
     taken = shard(n)
     note(event="sampling", batches=list(taken), of=n)
     return taken
 
 
-training.Checkpoints.save, training.Checkpoints.save_final = noted_save, noted_save_final
+training.atomic_write_bytes = noted_write
 distributed.shard = noted_shard
 
 if __name__ == "__main__":
