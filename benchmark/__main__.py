@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         "first the verdict: each method's paired difference to none (and medi - cls) over replicates, with 95% "
         "intervals and a test Holm-corrected within each metric, as a forest plot, a table and quotable sentences; "
         "then methods x metrics on test_unseen and test_seen (mean [95% t interval] over replicates), FID per cancer "
-        "type, per-group heatmaps, sample grids and accuracy against the synthetic ratio.",
+        "type, per-group heatmaps, sample grids and accuracy against the synthetic ratio. <out>/leaderboard.md "
+        "holds the verdicts and test_unseen tables in Markdown, for a README or a paper.",
     )
     rep.add_argument("--results", type=Path, action="append",
                      help="results folder (default ./results); repeat it to report several folders together, for "

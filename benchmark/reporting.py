@@ -1183,6 +1183,35 @@ def mixed_code(records: Sequence[dict]) -> list[str]:
             for (task, preset, method), codes in sorted(versions.items()) if len(codes) > 1]
 
 
+def markdown(sections: Sequence[Section], source: str, test: str = "t") -> str:
+    """The leaderboard's verdict and test_unseen table per task as Markdown (``leaderboard.md``): what a README or a
+    paper quotes, with the same numbers as the page."""
+    lines = ["# MeDiBench leaderboard: the verdicts", "", f"Run records: {source}.", ""]
+    for section in sections:
+        setting = ", ".join(f"{k}={v}" for k, v in sorted(section.setting.items()))
+        lines += [f"## {section.task}, preset {section.preset}" + (f" ({setting})" if setting else ""), ""]
+        comparisons = section_comparisons(section, test)
+        sentences = verdict_sentences(section, comparisons, test)
+        lines += [sentences[0], ""] + [f"- {s}" for s in sentences[1:]] + [""]
+        if comparisons:
+            table = verdict_table(comparisons)
+            lines += ["| difference (n) | " + " | ".join(table["columns"]) + " |",
+                      "|---|" + "---|" * len(table["columns"])]
+            for row in table["rows"]:
+                cells = [f"{c['text']}; {', '.join(c['notes'])}" if c["notes"] else c["text"] for c in row["cells"]]
+                lines.append(f"| {row['label']} ({row['n']}) | " + " | ".join(cells) + " |")
+            lines.append("")
+        table = split_table(section, "test_unseen")
+        lines += ["test_unseen, mean [95% t interval] over replicates:", "",
+                  "| method (n) | " + " | ".join(c["title"] for c in table["columns"]) + " |",
+                  "|---|" + "---|" * len(table["columns"])]
+        for row in table["rows"]:
+            cells = [" ".join([c.text, *(n for n in c.notes if n.startswith("["))]) for c in row["cells"]]
+            lines.append(f"| {row['label']} ({row['n']}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_report(
     results_dir: Path | str | Sequence[Path | str],
     out_dir: Path | str,
@@ -1191,7 +1220,8 @@ def write_report(
     pdf: bool = True,
     allow_mixed_code: bool = False,
 ) -> dict[str, Any]:
-    """Write ``leaderboard.html``, ``leaderboard.pdf`` and ``figures/*.png`` under ``out_dir``; what was written.
+    """Write ``leaderboard.html``, ``leaderboard.pdf``, ``leaderboard.md`` (the verdicts and test_unseen tables, for
+    a README) and ``figures/*.png`` under ``out_dir``; what was written.
     ``results_dir`` may be several folders (for example two frozen grids): their records are read together, one per
     run id. Records of one method made by different code are a ReportError unless ``allow_mixed_code`` (then the
     page says so beside that method)."""
@@ -1225,6 +1255,7 @@ def write_report(
     report = render(records, source, expected_methods, test)
     html_path = out_dir / "leaderboard.html"
     atomic_write_text(html_path, report.html)
+    atomic_write_text(out_dir / "leaderboard.md", markdown(report.sections, source, test))
     for fig in report.figures:
         atomic_write_bytes(out_dir / "figures" / f"{fig.name}.png", fig.png)
     pdf_path = write_pdf(report.html, out_dir / "leaderboard.pdf") if pdf else None
