@@ -418,19 +418,31 @@ def comparison_pairs(section: Section) -> list[tuple[Row, Row]]:
 
 
 def section_comparisons(section: Section, test: str = "t", split: str = "test_unseen") -> list[stats.Comparison]:
-    """Paired comparisons on ``split`` for every verdict metric; Holm within each metric (one forest-plot panel)."""
+    """Paired comparisons on ``split`` for every verdict metric; Holm within each metric (one forest-plot panel).
+    FID (per feature space, lower is closer to the real images) is compared where both sides have one: ``medi``
+    against ``cls``, the paper's second claim."""
     pairs = comparison_pairs(section)
+    keys = [(metric, f"{split}/{metric}") for metric, _, _ in VERDICT_METRICS]
+    keys += [(f"fid/{space}", f"fid/{space}/mean") for space in section.fid_spaces()]
     out: list[stats.Comparison] = []
-    for metric, _, _ in VERDICT_METRICS:
-        key = f"{split}/{metric}"
+    for metric, key in keys:
         family = []
-        for a, b in pairs:
+        mine = [(a, b) for a, b in pairs if not metric.startswith("fid/")
+                or all(math.isfinite(v) for row in (a, b) for v in row.by_replicate(key).values())]
+        for a, b in mine:
             va, vb = a.by_replicate(key), b.by_replicate(key)
             common = sorted(set(va) & set(vb))
             family.append(stats.paired_comparison([va[k] for k in common], [vb[k] for k in common], metric,
-                                                  a.label, b.label, test, family=len(pairs)))
+                                                  a.label, b.label, test, family=len(mine)))
         out += stats.adjust_family(family)
     return out
+
+
+def verdict_metrics(comparisons: Sequence[stats.Comparison]) -> list[tuple[str, str, int]]:
+    """(metric, title, direction) of the metrics ``comparisons`` cover, in the verdict's order; FID last."""
+    out = [(m, t, d) for m, t, d in VERDICT_METRICS if any(c.metric == m for c in comparisons)]
+    fids = dict.fromkeys(c.metric for c in comparisons if c.metric.startswith("fid/"))
+    return out + [(m, f"FID ({m.split('/', 1)[1]})", -1) for m in fids]
 
 
 def _verdict_word(c: stats.Comparison) -> str:
@@ -445,15 +457,16 @@ def _verdict_word(c: stats.Comparison) -> str:
 
 def verdict_table(comparisons: Sequence[stats.Comparison]) -> dict:
     """Rows = comparisons, columns = verdict metrics; each cell: difference [interval], Holm p, verdict."""
-    titles = {m: t for m, t, _ in VERDICT_METRICS}
+    metrics = verdict_metrics(comparisons)
     names = list(dict.fromkeys((c.a, c.b) for c in comparisons))
     rows = []
     for a, b in names:
         cells = []
-        for metric, _, _ in VERDICT_METRICS:
+        for metric, _, _ in metrics:
             c = next((x for x in comparisons if (x.a, x.b) == (a, b) and x.metric == metric), None)
             if c is None or c.n == 0:
-                cells.append({"text": "n/a", "notes": ["no paired replicates"], "significant": False, "title": ""})
+                none = "no paired replicates" if c is not None or not metric.startswith("fid/") else "no FID"
+                cells.append({"text": "n/a", "notes": [none], "significant": False, "title": ""})
                 continue
             interval = f" [{c.low:+.3f}, {c.high:+.3f}]" if math.isfinite(c.low) else ""
             notes = [f"p(Holm) {_fmt_p(c.p_holm)[2:]}" if c.reachable and math.isfinite(c.p_holm) else "",
@@ -464,12 +477,12 @@ def verdict_table(comparisons: Sequence[stats.Comparison]) -> dict:
                                    f"{_fmt(c.p_signflip, 4)}; Cohen's d_z = {_fmt(c.effect_size, 2)}"})
         n = max((c.n for c in comparisons if (c.a, c.b) == (a, b)), default=0)
         rows.append({"label": f"{a} − {b}", "n": n, "cells": cells})
-    return {"columns": [titles[m] for m, _, _ in VERDICT_METRICS], "rows": rows}
+    return {"columns": [t for _, t, _ in metrics], "rows": rows}
 
 
 def verdict_sentences(section: Section, comparisons: Sequence[stats.Comparison], test: str) -> list[str]:
     """Sentences a reader can quote: what differs significantly, and plainly what does not."""
-    titles = {m: t for m, t, _ in VERDICT_METRICS}
+    titles = {m: t for m, t, _ in verdict_metrics(comparisons)}
     n = max((c.n for c in comparisons), default=0)
     varied = section.varied()
     sources = ", ".join(varied) if varied else "nothing (every replicate repeats one run)"
@@ -707,7 +720,7 @@ def forest_png(comparisons: Sequence[stats.Comparison], title: str) -> bytes:
     """One panel per verdict metric: each comparison's mean paired difference with its 95% interval; filled:
     significant after Holm, open: not, grey cross: not testable with this many replicates."""
     plt = _mpl()
-    metrics = [(m, t, d) for m, t, d in VERDICT_METRICS if any(c.metric == m for c in comparisons)]
+    metrics = verdict_metrics(comparisons)
     names = list(dict.fromkeys(f"{c.a} − {c.b}" for c in comparisons))
     with _style():
         fig, axes = plt.subplots(1, len(metrics), figsize=(2.3 * len(metrics) + 1.6, 0.42 * len(names) + 1.3),
@@ -727,8 +740,9 @@ def forest_png(comparisons: Sequence[stats.Comparison], title: str) -> bytes:
                 else:
                     ax.plot(c.delta, y, marker="o", ms=6, zorder=3, color=color,
                             markerfacecolor=color if c.significant else "white")
-            ax.set_title(mtitle + ("\n(lower: less shortcut)" if direction < 0 else "\n(higher is better)"),
-                         fontsize=9, loc="left")
+            better = ("\n(lower: closer to real)" if metric.startswith("fid/") else "\n(lower: less shortcut)"
+                      if direction < 0 else "\n(higher is better)")
+            ax.set_title(mtitle + better, fontsize=9, loc="left")
             ax.set_xlabel("paired difference")
             ax.grid(axis="x", color="#e6e6e6", lw=0.6)
         axes[0][0].set_yticks(range(len(names)), _short(names, 26))

@@ -240,6 +240,14 @@ def test_the_verdict_pairs_replicates_and_corrects_for_the_comparisons_shown(fix
     medi_cls = comps[("medi", "cls", "balanced_accuracy")]
     assert medi_cls.p_t < 0.05 < medi_cls.p_holm and not medi_cls.significant  # Holm takes it back
     assert comps[("medi", "cls", "balanced_accuracy")].delta == pytest.approx(0.06)
+    # FID, the paper's second claim, is compared only where both sides have one: medi against cls, alone in its family
+    fid = [c for c in comps.values() if c.metric == "fid/fbank"]
+    assert [(c.a, c.b) for c in fid] == [("medi", "cls")]
+    expected = stats.ttest_rel(FID["medi"], FID["cls"]).pvalue
+    assert fid[0].delta == pytest.approx(np.mean(FID["medi"]) - np.mean(FID["cls"]))
+    assert fid[0].p_t == pytest.approx(expected) and fid[0].p_holm == pytest.approx(expected)
+    table = R.verdict_table(list(comps.values()))
+    assert table["columns"][-1] == "FID (fbank)" and table["rows"][0]["cells"][-1]["notes"] == ["no FID"]
     # the exact sign-flip test cannot go below 2 / 2**3 with three replicates: it says so instead of a p-value
     flip = {(c.a, c.b): c for c in R.section_comparisons(nsclc, test="signflip") if c.metric == "balanced_accuracy"}
     assert flip[("medi", "none")].p_signflip == pytest.approx(0.25) and not flip[("medi", "none")].reachable
