@@ -6,7 +6,7 @@ self-contained results folder that ``python -m benchmark report --results <folde
 runs, checkpoints or MLflow store:
 
 - ``runs/<task>/<method>/<run>/``: ``record.json`` (its ``run_dir`` made relative), ``config.json``, the
-  per-group and confusion CSVs and ``predictions.csv.gz`` (the paired bootstrap tests need them), and, for the
+  per-group and confusion CSVs and ``predictions.csv.gz`` (a reader can recompute any metric), and, for the
   lowest seed of each (task, method), ``samples.npz`` cut down to the largest sites (the leaderboard's sample grid);
 - ``results.jsonl``: one line per record, in job order;
 - ``MANIFEST.json``: the command, the commit of the tree and of each record, the host, the sum of the runs'

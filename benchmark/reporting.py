@@ -1,7 +1,7 @@
 """Leaderboards from run records: a self-contained HTML page and a PDF, plus the per-run figures.
 
-The report is a function of the run records (``results.jsonl`` / ``record.json``) and of two files the runner leaves
-in each run directory: ``predictions.csv.gz`` (for paired bootstrap tests) and ``samples.npz`` (for sample grids).
+The report is a function of the run records (``results.jsonl`` / ``record.json``; the verdict's paired tests work on
+their per-replicate metrics) and of the ``samples.npz`` the runner leaves in each run directory (for sample grids).
 Nothing is read from MLflow, so a report rebuilds offline. Every string that comes from data or metadata is escaped
 by the template engine (jinja2 autoescape); figures are PNGs embedded as data URIs.
 """
