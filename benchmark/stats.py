@@ -331,3 +331,44 @@ def adjust_family(comparisons: Sequence[Comparison]) -> list[Comparison]:
 
     ps = [c.p if c.reachable else NAN for c in comparisons]
     return [replace(c, p_holm=float(q)) for c, q in zip(comparisons, holm(ps), strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# simulation: what the tests above are calibrated against (tests/benchmark/test_stats.py, scripts/calibration.py)
+
+
+def simulate_clustered_correctness(rng: np.random.Generator, n_sims: int, n_patients: int, patches: int,
+                                   p_right: np.ndarray) -> np.ndarray:
+    """n_sims x (patients * patches) correctness (0/1): each patient is right on all of its patches with probability
+    ``p_right`` (one per simulation), the extreme of patches that share their patient's outcome."""
+    per_patient = rng.random((n_sims, n_patients)) < np.asarray(p_right)[:, None]
+    return np.repeat(per_patient, patches, axis=1).astype(float)
+
+
+def simulate_paired_differences(rng: np.random.Generator, n_sims: int, n_reps: int, effect: float,
+                                n_patients: int = 60, patches: int = 8, difficulty: float = 0.75,
+                                difficulty_sd: float = 0.08) -> np.ndarray:
+    """n_sims x n_reps: accuracy(method a) - accuracy(method b) per replicate, each replicate a fresh test set of
+    patient-clustered patches and its own difficulty (its split and trained model), shared by the two methods;
+    a is better by ``effect`` (0: the null, both from one distribution)."""
+    level = difficulty + difficulty_sd * rng.standard_normal((n_sims, n_reps))
+    out = np.zeros((n_sims, n_reps))
+    for r in range(n_reps):
+        pa = np.clip(level[:, r] + effect, 0.01, 0.99)
+        pb = np.clip(level[:, r], 0.01, 0.99)
+        a = simulate_clustered_correctness(rng, n_sims, n_patients, patches, pa).mean(axis=1)
+        b = simulate_clustered_correctness(rng, n_sims, n_patients, patches, pb).mean(axis=1)
+        out[:, r] = a - b
+    return out
+
+
+def patch_bootstrap_rejects(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, n_resamples: int = 500,
+                            confidence: float = CONFIDENCE) -> bool:
+    """Earlier versions' test, kept only to show its failure: a paired bootstrap of the accuracy difference over one
+    test set's patches, as if they were independent; True when its interval excludes 0."""
+    from scipy import stats
+
+    ci = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True, vectorized=True,
+                         n_resamples=n_resamples, method="percentile", confidence_level=confidence,
+                         random_state=rng).confidence_interval
+    return not (ci.low <= 0 <= ci.high)

@@ -129,19 +129,13 @@ def test_patient_intervals_resample_whole_patients():
 # calibration under patient-clustered data
 
 
-def _clustered_accuracy(rng, n_sims, n_patients, patches, p_right):
-    """n_sims x (patients x patches) correctness: each patient right (all patches) with probability p_right."""
-    per_patient = rng.random((n_sims, n_patients)) < p_right[:, None]
-    return np.repeat(per_patient, patches, axis=1).astype(float)
-
-
 def test_patient_bootstrap_covers_where_a_patch_bootstrap_does_not():
     """Coverage of the true accuracy by 95% intervals from one test set of 40 patients x 8 patches."""
     rng = np.random.default_rng(7)
     n_sims, n_patients, patches, p = 150, 40, 8, 0.7
     covered = {"patients": 0, "patches": 0}
     for _ in range(n_sims):
-        right = _clustered_accuracy(rng, 1, n_patients, patches, np.array([p]))[0]
+        right = stats.simulate_clustered_correctness(rng, 1, n_patients, patches, np.array([p]))[0]
         frame = pd.DataFrame({"patient_id": np.repeat(np.arange(n_patients), patches), "label": 1,
                               "pred": right.astype(int)})
         low, high = stats.patient_intervals(frame, ["accuracy"], n_resamples=400, seed=1)["accuracy"]
@@ -154,20 +148,6 @@ def test_patient_bootstrap_covers_where_a_patch_bootstrap_does_not():
     assert rate["patches"] <= 0.6, rate  # the patch bootstrap treats 8 copies of one outcome as 8 observations
 
 
-def _replicate_differences(rng, n_sims, n_reps, effect, n_patients=60, patches=8):
-    """Per simulation and replicate: accuracy(method a) - accuracy(method b) on a fresh test set of clustered
-    patients. Each replicate also draws its own difficulty (the split and trained model), shared by both."""
-    difficulty = 0.75 + 0.08 * rng.standard_normal((n_sims, n_reps))
-    out = np.zeros((n_sims, n_reps))
-    for r in range(n_reps):
-        pa = np.clip(difficulty[:, r] + effect, 0.01, 0.99)
-        pb = np.clip(difficulty[:, r], 0.01, 0.99)
-        a = _clustered_accuracy(rng, n_sims, n_patients, patches, pa).mean(axis=1)
-        b = _clustered_accuracy(rng, n_sims, n_patients, patches, pb).mean(axis=1)
-        out[:, r] = a - b
-    return out
-
-
 def test_the_replicate_level_test_is_calibrated_and_finds_a_planted_effect():
     """Null: two methods from one distribution, 5 replicates, 2000 simulations. The paired t-test must reject at
     0.05 no more often than 0.05 plus three Monte-Carlo standard errors; at a planted effect of +0.10 accuracy its
@@ -175,19 +155,17 @@ def test_the_replicate_level_test_is_calibrated_and_finds_a_planted_effect():
     earlier versions (a paired bootstrap over the pooled test patches) rejects far too often on the same null."""
     rng = np.random.default_rng(2026)
     n_sims, n_reps = 2000, 5
-    null = _replicate_differences(rng, n_sims, n_reps, 0.0)
+    null = stats.simulate_paired_differences(rng, n_sims, n_reps, 0.0)
     p_null = np.array([stats.paired_comparison(d, np.zeros(n_reps), "acc").p_t for d in null])
     fpr = float(np.mean(p_null < 0.05))
     assert fpr <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / n_sims), fpr
-    planted = _replicate_differences(rng, 400, n_reps, 0.10)
+    planted = stats.simulate_paired_differences(rng, 400, n_reps, 0.10)
     power = float(np.mean([stats.paired_comparison(d, np.zeros(n_reps), "acc").p_t < 0.05 for d in planted]))
     assert power >= 0.6, power
     # the old test on one replicate's 480 patches: paired patch bootstrap of the accuracy difference
     rejections = 0
     for _ in range(100):
-        a = _clustered_accuracy(rng, 1, 60, 8, np.array([0.75]))[0]
-        b = _clustered_accuracy(rng, 1, 60, 8, np.array([0.75]))[0]
-        ci = sps.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True, vectorized=True,
-                           n_resamples=500, method="percentile", random_state=rng).confidence_interval
-        rejections += not (ci.low <= 0 <= ci.high)
+        a = stats.simulate_clustered_correctness(rng, 1, 60, 8, np.array([0.75]))[0]
+        b = stats.simulate_clustered_correctness(rng, 1, 60, 8, np.array([0.75]))[0]
+        rejections += stats.patch_bootstrap_rejects(rng, a, b)
     assert rejections / 100 >= 0.3, rejections
