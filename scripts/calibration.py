@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     left.plot(reps, [r["fpr_t"] for r in rows], "o-", color="#1f4e8c", label="paired t-test (default)")
     left.plot(reps, [r["fpr_signflip"] for r in rows], "s--", color="#0a6b2c", label="exact sign-flip test")
     left.plot([reps[0]], [old], "X", ms=10, color="#b3261e",
-              label=f"earlier patch-level bootstrap ({old:.2f}, any replicate count)")
+              label=f"earlier patch-level bootstrap, one test set ({old:.2f})")
     left.set_ylim(0, max(0.6, old + 0.05))
     left.set_xlabel("replicates")
     left.set_ylabel("rejections at 0.05 under the null")
