@@ -466,12 +466,12 @@ def verdict_table(comparisons: Sequence[stats.Comparison]) -> dict:
             c = next((x for x in comparisons if (x.a, x.b) == (a, b) and x.metric == metric), None)
             if c is None or c.n == 0:
                 none = "no paired replicates" if c is not None or not metric.startswith("fid/") else "no FID"
-                cells.append({"text": "n/a", "notes": [none], "significant": False, "title": ""})
+                cells.append({"text": "n/a", "interval": "", "notes": [none], "significant": False, "title": ""})
                 continue
-            interval = f" [{c.low:+.3f}, {c.high:+.3f}]" if math.isfinite(c.low) else ""
+            interval = f"[{c.low:+.3f}, {c.high:+.3f}]" if math.isfinite(c.low) else ""
             notes = [f"p(Holm) {_fmt_p(c.p_holm)[2:]}" if c.reachable and math.isfinite(c.p_holm) else "",
                      _verdict_word(c)]
-            cells.append({"text": f"{c.delta:+.3f}{interval}", "notes": [n for n in notes if n],
+            cells.append({"text": f"{c.delta:+.3f}", "interval": interval, "notes": [n for n in notes if n],
                           "significant": c.significant,
                           "title": f"{c.n} paired replicates; paired t p = {_fmt(c.p_t, 4)}, exact sign-flip p = "
                                    f"{_fmt(c.p_signflip, 4)}; Cohen's d_z = {_fmt(c.effect_size, 2)}"})
@@ -1028,6 +1028,9 @@ td.num, td.seeds { white-space: nowrap; }
 td.best, td.significant { color: var(--best); font-weight: 700; }
 .mark { font-size: .85em; margin-left: .15em; }
 .sub { display: block; font-size: .8em; color: var(--muted); font-weight: 400; white-space: nowrap; }
+table.comparisons td.num { white-space: normal; min-width: 8.5em; }
+table.comparisons .sub { white-space: normal; }
+table.comparisons .sub.interval { white-space: nowrap; color: inherit; font-size: .9em; }
 figure { margin: 1rem 0 1.4rem; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid #e6e6e6; }
 .empty { margin-top: 2rem; }
@@ -1212,7 +1215,8 @@ def markdown(sections: Sequence[Section], source: str, test: str = "t") -> str:
             lines += ["| difference (n) | " + " | ".join(table["columns"]) + " |",
                       "|---|" + "---|" * len(table["columns"])]
             for row in table["rows"]:
-                cells = [f"{c['text']}; {', '.join(c['notes'])}" if c["notes"] else c["text"] for c in row["cells"]]
+                cells = ["; ".join([" ".join(filter(None, [c["text"], c["interval"]])), *c["notes"][:1]])
+                         + "".join(f", {n}" for n in c["notes"][1:]) for c in row["cells"]]
                 lines.append(f"| {row['label']} ({row['n']}) | " + " | ".join(cells) + " |")
             lines.append("")
         table = split_table(section, "test_unseen")
