@@ -474,7 +474,7 @@ def results_table(record: dict) -> str:
             return "n/a"
         return _fmt(value) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None else "")
 
-    width = 22
+    width = 25  # "-0.167 [-0.428, -0.147]" is 23 characters: two spaces between columns at least
     lines = [f"{'split':<12}{'n':>6}" + "".join(f"{label:>{width}}" for _, label in cols)]
     for split in ("val", "test_seen", "test_unseen"):
         n = m.get(f"{split}/n")

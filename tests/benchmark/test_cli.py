@@ -117,3 +117,16 @@ def test_sigterm_stops_a_run_cleanly(tmp_path):
     exp = client.get_experiment_by_name("medibench-nsclc")
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_the_run_table_keeps_columns_apart_at_their_widest():
+    from benchmark.__main__ import results_table
+
+    metrics = {}
+    for split in ("val", "test_seen", "test_unseen"):
+        metrics[f"{split}/n"] = 10
+        for key in ("balanced_accuracy", "worst_group_accuracy", "worst20_group_accuracy", "shortcut_gap"):
+            metrics.update({f"{split}/{key}": -0.167, f"{split}/{key}/ci_low": -0.428,
+                            f"{split}/{key}/ci_high": -0.147})
+    row = results_table({"metrics": metrics}).splitlines()[3]
+    assert row.split("  ")[-1] == "-0.167 [-0.428, -0.147]" and row.count("]  -0.167") == 3
