@@ -83,7 +83,7 @@ def load_records(results_dir: Path | str) -> list[dict]:
             log.warning("unreadable run record %s: %s", path, exc)
     by_id: dict[str, dict] = {}
     for rec in found:
-        key = str(rec.get("run_id") or rec.get("run_dir") or id(rec))
+        key = record_key(rec)
         if key not in by_id or str(rec.get("started", "")) >= str(by_id[key].get("started", "")):
             by_id[key] = rec
     out = []
@@ -92,6 +92,11 @@ def load_records(results_dir: Path | str) -> list[dict]:
         rec["_run_dir"] = _locate_run_dir(rec, results_dir)
         out.append(rec)
     return sorted(out, key=lambda r: (str(r.get("task")), str(r.get("method")), _seed(r), str(r.get("run_id"))))
+
+
+def record_key(rec: dict) -> str:
+    """What makes two records the same run: its run id (its run directory for records without one)."""
+    return str(rec.get("run_id") or rec.get("run_dir") or id(rec))
 
 
 def _locate_run_dir(rec: dict, results_dir: Path) -> str | None:
@@ -329,7 +334,8 @@ class Cell:
     high: float
     n: int
     best: bool = False
-    notes: list[str] = field(default_factory=list)  # small lines under the value
+    interval: str = ""  # "[low, high]", the first small line under the value (n > 1)
+    notes: list[str] = field(default_factory=list)  # small lines under the value and its interval
     title: str = ""
 
 
@@ -356,7 +362,7 @@ def _cells(section: Section, key: str, digits: int, best: str) -> list[Cell]:
         is_best = len(scores) > 1 and not tied and abs(score(est.mean) - target) <= 1e-12
         cell = Cell(_fmt(est.mean, digits), est.mean, est.low, est.high, est.n, is_best)
         if est.n > 1 and math.isfinite(est.low):
-            cell.notes.append(f"[{_fmt(est.low, digits)}, {_fmt(est.high, digits)}]")
+            cell.interval = f"[{_fmt(est.low, digits)}, {_fmt(est.high, digits)}]"
         cells.append(cell)
     return cells
 
@@ -1224,7 +1230,7 @@ def markdown(sections: Sequence[Section], source: str, test: str = "t") -> str:
                   "| method (n) | " + " | ".join(c["title"] for c in table["columns"]) + " |",
                   "|---|" + "---|" * len(table["columns"])]
         for row in table["rows"]:
-            cells = [" ".join([c.text, *(n for n in c.notes if n.startswith("["))]) for c in row["cells"]]
+            cells = [" ".join(filter(None, [c.text, c.interval])) for c in row["cells"]]
             lines.append(f"| {row['label']} ({row['n']}) | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -1259,9 +1265,8 @@ def write_report(
             raise ReportError(f"--results {folder}: no run records there (results.jsonl or "
                               "runs/<task>/<method>/<run>/record.json); nothing written")
         for rec in found:
-            key = str(rec.get("run_id") or rec.get("run_dir") or id(rec))
-            if key not in seen:
-                seen.add(key)
+            if record_key(rec) not in seen:
+                seen.add(record_key(rec))
                 records.append(rec)
     source = ", ".join(str(f) for f in folders)
     mixed = mixed_code(records)
