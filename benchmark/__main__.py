@@ -193,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="size of everything: smoke (seconds), cpu (default without a GPU), gpu (default with one), paper",
     )
-    run.add_argument("--seed", type=int, default=0, help="replicate seed (default 0): the data split, the generative "
-                     "model's training, sampling and the probe; pin one source with --set seeds.split=N (also "
-                     "seeds.model, seeds.sampling, seeds.probe)")
+    run.add_argument("--seed", type=int, default=0, help="replicate seed (default 0): the cohort (a fresh one per seed on "
+                     "the embedded data), the data split, the generative model's training, sampling and the probe; pin "
+                     "one source with --set seeds.split=N (also seeds.cohort, seeds.model, seeds.sampling, seeds.probe)")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     add_overrides(run, "override config fields, e.g. data.image_size=64 probe.C=0.1 method.lr=1e-4 "
                   "(keys: `list --keys`)")
@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build <out>/leaderboard.html (self-contained, figures embedded) and <out>/leaderboard.pdf from "
         "the run records under --results (results.jsonl and runs/*/*/*/record.json; MLflow is not needed). Per task, "
         "first the verdict: each method's paired difference to none (and medi - cls) over replicates, with 95% "
-        "intervals and a test Holm-corrected within each metric, as a forest plot, a table and quotable sentences; "
+        "intervals; the declared endpoints (--endpoints) tested with Holm over their family across tasks, the rest "
+        "exploratory; each with its minimum detectable effect; as a forest plot, a table and quotable sentences; "
         "then methods x metrics on test_unseen and test_seen (mean [95% t interval] over replicates), FID per cancer "
         "type, per-group heatmaps, sample grids and accuracy against the synthetic ratio. <out>/leaderboard.md "
         "holds the verdicts and test_unseen tables in Markdown, for a README or a paper.",
@@ -230,7 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--test", choices=("t", "signflip"), default="t",
                      help="the paired test over replicates the verdict uses: t (paired t-test, default; assumes "
                      "roughly normal differences) or signflip (exact sign-flip permutation test; assumption-free, "
-                     "needs >= 6 replicates to reach 0.05)")
+                     "needs >= 1 + log2(m / 0.05) replicates in a Holm family of m: 6 alone, 8 in a family of 5, "
+                     "9 in one of 7). On one re-split cohort the corrected resampled t-test is used whatever this "
+                     "says")
+    rep.add_argument("--endpoints", type=Path, default=None,
+                     help="the protocol file (TOML) naming the primary comparisons and the controls; default: the "
+                     "one the sweep declared in the results folder, else benchmark/endpoints.toml")
+    rep.add_argument("--power", type=float, default=None, metavar="EFFECT",
+                     help="instead of the report: how many replicates each declared endpoint needs to detect a true "
+                     "difference of EFFECT with 80%% power, from the records' observed variance (a pilot)")
     rep.add_argument("--no-pdf", action="store_true", help="write only the HTML page")
     rep.add_argument("--mixed-code", action="store_true",
                      help="report a method whose records come from different versions of the code (default: an "
@@ -257,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="each job's state: its record, its SLURM job and SLURM state, the log of a failed one")
     sw.add_argument("--dry-run", action="store_true", help="list the jobs and which are done; run nothing")
     sw.add_argument("--out", type=Path, default=Path("results"), help="results folder (default ./results)")
+    sw.add_argument("--endpoints", type=Path, default=None,
+                    help="the protocol file (TOML) the report will test, declared into --out before the first job "
+                    "(default benchmark/endpoints.toml); a results folder keeps the protocol it started with")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
 
     tune = sub.add_parser(
@@ -513,9 +525,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from benchmark.reporting import CANONICAL_METHODS, write_report
 
     load_plugins()
+    if args.power is not None:
+        from benchmark.reporting import power_plan
+
+        for line in power_plan(args.results or [Path("results")], args.power, args.test, args.endpoints):
+            print(line)
+        return 0
     # the benchmark's own methods are expected in every task; a plug-in's appear where they have records
     out = write_report(args.results or [Path("results")], args.out, CANONICAL_METHODS, test=args.test,
-                       pdf=not args.no_pdf, allow_mixed_code=args.mixed_code)
+                       pdf=not args.no_pdf, allow_mixed_code=args.mixed_code, endpoints_file=args.endpoints)
     for task, preset, rows, missing in out["sections"]:
         note = f"; no records for {', '.join(missing)}" if missing else ""
         print(f"{task} ({preset}): {', '.join(rows)}{note}")
@@ -535,7 +553,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launcher == "slurm" and args.workers != 1:
         raise ConfigError("--workers is for --launcher local; on SLURM, --slurm-parallel N caps the jobs running "
                           "at once")
+    from benchmark import endpoints
+
     methods, tasks, seeds, jobs = plan_grid(args, args.out)
+    try:
+        protocol = endpoints.load(args.endpoints)
+        if not (args.status or args.dry_run):
+            endpoints.declare(args.out, protocol)
+    except endpoints.EndpointsError as exc:
+        raise ConfigError(str(exc)) from None
+    absent = [m for m in protocol.methods() if m not in methods]
+    if absent:
+        print(f"note: the declared endpoints compare {', '.join(absent)}, which this sweep does not run; their "
+              "endpoints stay untested until a sweep into the same folder does")
     sweep.prepare(jobs, args.out)
     rows = launchers.slurm_rows(jobs, args.out)
     counts = {s: sum(r["state"] == s for r in rows) for s in launchers.ROW_STATES}

@@ -114,7 +114,7 @@ def compare(
     cache_dir = results_dir / "cache"
     cfgs = {m: build_config(m, task_name, preset, seed, device, overrides) for m in ("cls", "medi")}
     cfg = cfgs["medi"]
-    task = TASKS.get(task_name)(cfg.data, cfg.split, cache_dir, progress)
+    task = TASKS.get(task_name)(cfg.task_data(), cfg.split, cache_dir, progress)
     train = task.splits(cfg.seed_for("split"))["train"]
     meta = train.metadata.reset_index(drop=True)
     classes = list(task.classes)

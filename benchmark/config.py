@@ -104,7 +104,9 @@ class DataConfig:
     mixed_site_fraction: float = 0.2  # share of sites that send all cancer types, whatever the strength
     site_size_exponent: float = 1.1  # Zipf exponent of patients per site (0: equal sizes)
     ambiguous_fraction: float = 0.3  # patches without tumour morphology (their class shows only through the site)
-    generator_seed: int = 0  # the generated cohort and its images (not varied by --seed)
+    # the embedded generator's base world: replicate r draws its cohort (sites, their sizes and styles, patients,
+    # patches) from world generator_seed + the cohort seed (``seeds.cohort``, which follows --seed)
+    generator_seed: int = 0
 
     @property
     def source(self) -> str:
@@ -124,7 +126,7 @@ class SplitConfig:
     test_seen_fraction: float = 0.2  # share of the seen patients held out as test_seen
 
 
-SEED_SOURCES: tuple[str, ...] = ("split", "model", "sampling", "probe")
+SEED_SOURCES: tuple[str, ...] = ("cohort", "split", "model", "sampling", "probe")
 FOLLOW = -1  # a seed source set to this follows the replicate seed
 
 
@@ -132,8 +134,12 @@ FOLLOW = -1  # a seed source set to this follows the replicate seed
 class SeedConfig:
     """The sources of randomness of one replicate. Each follows the replicate seed (``--seed``, the sweep's seeds)
     unless pinned to a value >= 0: ``--set seeds.split=0 seeds.model=0`` is the paper's protocol (one split, one
-    trained model, replicates over sampling and the probe only)."""
+    trained model, replicates over sampling and the probe only); ``--set seeds.cohort=0`` re-splits one generated
+    cohort, as a fixed cohort (TCGA-UT, a manifest) always does."""
 
+    # the population the replicate's patients come from: on the embedded generator each cohort seed is a fresh cohort
+    # (its test patients never repeat across replicates); a fixed cohort (TCGA-UT, a manifest) has only one
+    cohort: int = FOLLOW
     split: int = FOLLOW  # which patients and held-out combinations land in train / val / test_seen / test_unseen
     model: int = FOLLOW  # the generative model's training: initial weights, batches, noise
     sampling: int = FOLLOW  # the generation plan, the sampler's noise, the rows drawn for FID
@@ -224,17 +230,35 @@ class RunConfig:
         return f"{self.method}-{self.task}-s{self.seed}"
 
     def seed_for(self, source: str) -> int:
-        """The seed of one source of randomness (``split``, ``model``, ``sampling``, ``probe``): pinned, or the
-        replicate seed."""
+        """The seed of one source of randomness (``cohort``, ``split``, ``model``, ``sampling``, ``probe``): pinned,
+        or the replicate seed."""
         pinned = getattr(self.seeds, source)
         return self.seed if pinned == FOLLOW else pinned
 
+    def independent_cohorts(self) -> bool:
+        """Whether replicates draw their own cohort (embedded generator, cohort seed following ``seed``); otherwise
+        every replicate re-splits one population and its test sets overlap."""
+        return self.data.source == "embedded" and self.seeds.cohort == FOLLOW
+
+    def task_data(self) -> DataConfig:
+        """The data config the task draws its patches with: on the embedded generator, the world of this replicate's
+        cohort (``data.generator_seed`` + the cohort seed); a fixed cohort's config as it is."""
+        if self.data.source != "embedded":
+            return self.data
+        return replace(self.data, generator_seed=self.data.generator_seed + self.seed_for("cohort"))
+
     def replicate(self) -> dict[str, Any]:
-        """What this run's replicate seed varies: every source's seed and which of them follow ``seed``."""
+        """What this run's replicate seed varies: every source's seed, which of them follow ``seed``, and the
+        population the replicate speaks for."""
+        varied = [s for s in SEED_SOURCES if getattr(self.seeds, s) == FOLLOW]
+        if self.data.source != "embedded":
+            varied = [s for s in varied if s != "cohort"]  # a fixed cohort has one population, whatever the seed
         return {
             "seed": self.seed,
             "seeds": {s: self.seed_for(s) for s in SEED_SOURCES},
-            "varied": [s for s in SEED_SOURCES if getattr(self.seeds, s) == FOLLOW],
+            "varied": varied,
+            "population": ("independent cohorts" if self.independent_cohorts() else "one cohort, re-split"),
+            "cohort_world": self.task_data().generator_seed if self.data.source == "embedded" else None,
         }
 
     def to_dict(self) -> dict:

@@ -271,7 +271,7 @@ def _trained_medi(preset: str, results: Path):
     load_plugins()
     cfg = build_config("medi", "nsclc", preset, 0, "cpu", [])
     cache = results / "cache"
-    task = TASKS.get("nsclc")(cfg.data, cfg.split, cache, False)
+    task = TASKS.get("nsclc")(cfg.task_data(), cfg.split, cache, False)
     train = task.splits(cfg.seed_for("split"))["train"]
     method = MeDi(cfg.method_params)
     ctx = Context(device="cpu", preset=preset, seed=0, task=task, run_dir=results, cache_dir=cache, progress=False)
@@ -358,7 +358,7 @@ def stage_time_to_quality(preset: str, results: Path, methods: list[str] | None 
     for kind in [k for k in TTQ_KINDS if methods is None or k in methods]:
         cfg = build_config(kind, "nsclc", preset, 0, "cpu", [])
         if quality is None:
-            task = TASKS.get("nsclc")(cfg.data, cfg.split, results / "cache", False)
+            task = TASKS.get("nsclc")(cfg.task_data(), cfg.split, results / "cache", False)
             train = task.splits(cfg.seed_for("split"))["train"].load()
             quality = SampleQuality(train, list(task.classes), n_fid=64 if preset == "smoke" else 192,
                                     per_cell=4 if preset == "smoke" else 12)

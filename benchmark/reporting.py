@@ -15,7 +15,7 @@ import logging
 import math
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark import stats
+from benchmark import endpoints, stats
 from benchmark.config import SEED_SOURCES
 from benchmark.data import UNKNOWN
+from benchmark.endpoints import Endpoints
 
 log = logging.getLogger(__name__)
 
 #: The methods a complete leaderboard has (any other registered or recorded method is shown too).
 CANONICAL_METHODS: tuple[str, ...] = ("none", "stain_norm", "cyclegan", "cls", "medi")
+#: the controls (methods/oracle.py, methods/duplicate.py): listed after the methods, never "missing"
+CONTROL_METHODS: tuple[str, ...] = ("oracle", "duplicate")
 #: How a method's training images are labelled in sample grids.
 SAMPLE_LABELS = {
     "none": "real", "stain_norm": "stain-normalized", "cyclegan": "CycleGAN", "cls": "CLS", "medi": "MeDi"
@@ -54,7 +57,7 @@ VERDICT_METRICS: tuple[tuple[str, str, int], ...] = (
 DEFAULT_GROUP_COLUMNS: tuple[str, ...] = ("cancer_type", "tissue_source_site", "race")
 SAMPLES_FILE = "samples.npz"
 SAMPLES_PER_CELL = 8
-RECORD_SCHEMAS = (1, 2)
+RECORD_SCHEMAS = (1, 2, 3)
 NAN = float("nan")
 
 
@@ -255,7 +258,8 @@ def _default_params(method: str, preset: str) -> dict[str, Any]:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    return (CANONICAL_METHODS.index(method) if method in CANONICAL_METHODS else len(CANONICAL_METHODS), method)
+    order = (*CANONICAL_METHODS, *CONTROL_METHODS)
+    return (order.index(method) if method in order else len(order), method)
 
 
 def build_sections(records: Sequence[dict], expected_methods: Sequence[str] = CANONICAL_METHODS) -> list[Section]:
@@ -423,25 +427,71 @@ def comparison_pairs(section: Section) -> list[tuple[Row, Row]]:
     return pairs
 
 
-def section_comparisons(section: Section, test: str = "t", split: str = "test_unseen") -> list[stats.Comparison]:
-    """Paired comparisons on ``split`` for every verdict metric; Holm within each metric (one forest-plot panel).
-    FID (per feature space, lower is closer to the real images) is compared where both sides have one: ``medi``
-    against ``cls``, the paper's second claim."""
+def resplit_ratio(section: Section) -> float:
+    """0 when the section's replicates drew independent cohorts (the cohort seed varied on generated data); else
+    n_test / n_train (test_unseen patients over training patients, averaged over the records), the overlap term of
+    Nadeau & Bengio's corrected variance for re-splits of one cohort."""
+    if "cohort" in section.varied():
+        return 0.0
+    ratios = []
+    for rec in section.records:
+        splits = (rec.get("data") or {}).get("splits") or {}
+        n_test = (splits.get("test_unseen") or {}).get("patients")
+        n_train = (splits.get("train") or {}).get("patients")
+        if n_test and n_train:
+            ratios.append(float(n_test) / float(n_train))
+    return float(np.mean(ratios)) if ratios else 1.0  # unknown sizes: the cautious side (test as large as train)
+
+
+def population(section: Section) -> str:
+    """What population the section's verdict speaks for, in words."""
+    if "cohort" in section.varied():
+        return f"{section.n_replicates()} independent cohorts of the generator (a fresh population per replicate)"
+    what = "the one generated cohort" if section.data_source.startswith("embedded") else "this cohort"
+    return f"{what}, re-split {section.n_replicates()} times (the verdict speaks for {what}, not for new ones)"
+
+
+def section_comparisons(section: Section, test: str = "t", split: str = "test_unseen",
+                        protocol: Endpoints | None = None) -> list[stats.Comparison]:
+    """Paired comparisons on ``split`` for every verdict metric, each with its role under ``protocol`` (the declared
+    endpoints; default the shipped ones) and not yet Holm-adjusted: :func:`page_comparisons` adjusts the declared
+    families across every section. FID (per feature space, lower is closer to the real images) is compared where
+    both sides have one."""
+    protocol = protocol or endpoints.load()
     pairs = comparison_pairs(section)
+    ratio = resplit_ratio(section)
     keys = [(metric, f"{split}/{metric}") for metric, _, _ in VERDICT_METRICS]
     keys += [(f"fid/{space}", f"fid/{space}/mean") for space in section.fid_spaces()]
     out: list[stats.Comparison] = []
     for metric, key in keys:
-        family = []
         mine = [(a, b) for a, b in pairs if not metric.startswith("fid/")
                 or all(math.isfinite(v) for row in (a, b) for v in row.by_replicate(key).values())]
         for a, b in mine:
             va, vb = a.by_replicate(key), b.by_replicate(key)
             common = sorted(set(va) & set(vb))
-            family.append(stats.paired_comparison([va[k] for k in common], [vb[k] for k in common], metric,
-                                                  a.label, b.label, test, family=len(mine)))
-        out += stats.adjust_family(family)
+            declared = protocol.role(a.method, b.method, metric) if (a.label, b.label) == (a.method, b.method) \
+                else None
+            c = stats.paired_comparison([va[k] for k in common], [vb[k] for k in common], metric, a.label, b.label,
+                                        test, resplit_ratio=ratio)
+            out.append(replace(c, role=declared.role if declared else "secondary", alpha=protocol.alpha))
     return out
+
+
+def page_comparisons(sections: Sequence[Section], test: str = "t",
+                     protocol: Endpoints | None = None) -> list[list[stats.Comparison]]:
+    """Every section's comparisons with the declared families adjusted: Holm over the whole primary family across
+    the sections (tasks), Holm over the controls likewise; secondary comparisons keep no p(Holm) (exploratory)."""
+    protocol = protocol or endpoints.load()
+    per = [section_comparisons(s, test, protocol.split, protocol) for s in sections]
+    flat = [(i, j) for i, comps in enumerate(per) for j, _ in enumerate(comps)]
+    for role in endpoints.ROLES:
+        members = [(i, j) for i, j in flat if per[i][j].role == role and per[i][j].n > 0]
+        m = len(members)
+        family = [replace(per[i][j], family_size=m, needs=stats.min_replicates(per[i][j].test, protocol.alpha, m))
+                  for i, j in members]
+        for (i, j), c in zip(members, stats.adjust_family(family), strict=True):
+            per[i][j] = c
+    return per
 
 
 def verdict_metrics(comparisons: Sequence[stats.Comparison]) -> list[tuple[str, str, int]]:
@@ -451,9 +501,18 @@ def verdict_metrics(comparisons: Sequence[stats.Comparison]) -> list[tuple[str, 
     return out + [(m, f"FID ({m.split('/', 1)[1]})", -1) for m in fids]
 
 
+def metric_title(metric: str) -> str:
+    return next((t for m, t, _ in VERDICT_METRICS if m == metric),
+                f"FID ({metric.split('/', 1)[1]})" if metric.startswith("fid/") else metric)
+
+
 def _verdict_word(c: stats.Comparison) -> str:
     if c.n < 2:
         return f"n/a: needs >= {max(c.needs, 2)} replicates"
+    if c.role == "secondary":
+        return "exploratory"
+    if c.degenerate:
+        return "t undefined: every difference equal"
     if not c.reachable:
         return f"n/a: needs >= {c.needs} replicates"
     if c.significant:
@@ -461,10 +520,49 @@ def _verdict_word(c: stats.Comparison) -> str:
     return "no significant difference"
 
 
-def verdict_table(comparisons: Sequence[stats.Comparison]) -> dict:
-    """Rows = comparisons, columns = verdict metrics; each cell: difference [interval], Holm p, verdict."""
+def _mde_note(c: stats.Comparison) -> str:
+    mde = c.mde()
+    return f"MDE {mde:.3f}" if math.isfinite(mde) else ""
+
+
+def oracle_fractions(section: Section, comparisons: Sequence[stats.Comparison],
+                     split: str = "test_unseen") -> dict[tuple[str, str], stats.Fraction]:
+    """(row label, metric) -> the row's gain over ``none`` as a share of the oracle's, for every row compared with
+    ``none`` on the metrics of the declared endpoints (Fieller's interval over paired replicates)."""
+    base = section.baseline()
+    oracle = next((r for r in section.rows if r.method == "oracle" and r.label == "oracle"), None)
+    if base is None or oracle is None:
+        return {}
+    metrics = {c.metric for c in comparisons if c.role in ("primary", "control") and not c.metric.startswith("fid/")}
+    out = {}
+    for metric in sorted(metrics):
+        key = f"{split}/{metric}"
+        vb, vo = base.by_replicate(key), oracle.by_replicate(key)
+        for row in section.rows:
+            if row is base or row is oracle:
+                continue
+            va = row.by_replicate(key)
+            common = sorted(set(va) & set(vb) & set(vo))
+            out[(row.label, metric)] = stats.fraction_of([va[k] - vb[k] for k in common],
+                                                         [vo[k] - vb[k] for k in common])
+    return out
+
+
+def _fraction_text(f: stats.Fraction) -> str:
+    if not math.isfinite(f.value):
+        return ""
+    if math.isfinite(f.low):
+        return f"{100 * f.value:.0f}% of oracle [{100 * f.low:.0f}, {100 * f.high:.0f}]"
+    return f"{100 * f.value:.0f}% of oracle (interval unbounded)"
+
+
+def verdict_table(comparisons: Sequence[stats.Comparison],
+                  fractions: dict[tuple[str, str], stats.Fraction] | None = None) -> dict:
+    """Rows = comparisons, columns = verdict metrics; each cell: difference [interval], its role, Holm p (declared
+    endpoints only), verdict, minimum detectable effect, and the share of the oracle's gain where there is one."""
     metrics = verdict_metrics(comparisons)
     names = list(dict.fromkeys((c.a, c.b) for c in comparisons))
+    fractions = fractions or {}
     rows = []
     for a, b in names:
         cells = []
@@ -472,52 +570,89 @@ def verdict_table(comparisons: Sequence[stats.Comparison]) -> dict:
             c = next((x for x in comparisons if (x.a, x.b) == (a, b) and x.metric == metric), None)
             if c is None or c.n == 0:
                 none = "no paired replicates" if c is not None or not metric.startswith("fid/") else "no FID"
-                cells.append({"text": "n/a", "interval": "", "notes": [none], "significant": False, "title": ""})
+                cells.append({"text": "n/a", "interval": "", "notes": [none], "significant": False, "title": "",
+                              "role": ""})
                 continue
             interval = f"[{c.low:+.3f}, {c.high:+.3f}]" if math.isfinite(c.low) else ""
-            notes = [f"p(Holm) {_fmt_p(c.p_holm)[2:]}" if c.reachable and math.isfinite(c.p_holm) else "",
-                     _verdict_word(c)]
+            declared = c.role in endpoints.ROLES
+            notes = [f"p(Holm) {_fmt_p(c.p_holm)[2:]}" if declared and c.reachable and math.isfinite(c.p_holm)
+                     else "", _verdict_word(c), _mde_note(c)]
+            if b == "none":
+                notes.append(_fraction_text(fractions.get((a, metric), stats.Fraction(NAN, NAN, NAN, 0))))
             cells.append({"text": f"{c.delta:+.3f}", "interval": interval, "notes": [n for n in notes if n],
-                          "significant": c.significant,
-                          "title": f"{c.n} paired replicates; paired t p = {_fmt(c.p_t, 4)}, exact sign-flip p = "
-                                   f"{_fmt(c.p_signflip, 4)}; Cohen's d_z = {_fmt(c.effect_size, 2)}"})
+                          "significant": c.significant, "role": c.role,
+                          "title": f"{c.role}; {c.n} paired replicates; {c.inference} p = {_fmt(c.p_t, 4)}, exact "
+                                   f"sign-flip p = {_fmt(c.p_signflip, 4)}; Cohen's d_z = {_fmt(c.effect_size, 2)}; "
+                                   f"MDE: the smallest true difference detected with 80% power"
+                                   + (f" at alpha {c.alpha:g}/{c.family_size} (its family's first Holm step)"
+                                      if declared else f" at alpha {c.alpha:g}")})
         n = max((c.n for c in comparisons if (c.a, c.b) == (a, b)), default=0)
         rows.append({"label": f"{a} − {b}", "n": n, "cells": cells})
     return {"columns": [t for _, t, _ in metrics], "rows": rows}
 
 
 def verdict_sentences(section: Section, comparisons: Sequence[stats.Comparison], test: str) -> list[str]:
-    """Sentences a reader can quote: what differs significantly, and plainly what does not."""
-    titles = {m: t for m, t, _ in verdict_metrics(comparisons)}
+    """Sentences a reader can quote: the declared endpoints first (significant or, plainly, not, with the smallest
+    difference the design would have detected), then the controls; the rest is exploratory."""
     n = max((c.n for c in comparisons), default=0)
-    varied = section.varied()
-    sources = ", ".join(varied) if varied else "nothing (every replicate repeats one run)"
-    test_name = "paired t-test" if test == "t" else "exact sign-flip permutation test"
-    head = (f"{section.task}, test_unseen, {n} paired replicate(s) varying {sources}; {test_name}, Holm-corrected "
-            f"within each metric, alpha {stats.ALPHA}.")
+    inference = comparisons[0].inference if comparisons else ("paired t" if test == "t" else "exact sign-flip")
+    head = (f"{section.task}, test_unseen, {n} paired replicate(s) from {population(section)}; {inference}; Holm "
+            f"over the declared primary family across tasks, and over the controls.")
     if not comparisons:
         return [head, "No comparison: the section has no run of none (and not both medi and cls)."]
-    if all(not c.reachable for c in comparisons):
-        need = max(c.needs for c in comparisons)
-        return [head, f"No difference can be tested with {n} replicate(s): the {test_name} needs >= {need}."]
+    declared = [c for c in comparisons if c.role in endpoints.ROLES]
+    if declared and all(not c.reachable for c in declared):
+        need = max(c.needs for c in declared)
+        return [head, f"No difference can be tested with {n} replicate(s): the test needs >= {need} in this family."]
     out = [head]
-    significant = [c for c in comparisons if c.significant]
-    for c in significant:
-        out.append(f"{c.a} vs {c.b}: {titles[c.metric]} {c.delta:+.3f} [{c.low:+.3f}, {c.high:+.3f}] "
-                   f"({'higher' if c.delta > 0 else 'lower'}, p(Holm) {_fmt_p(c.p_holm)[2:]}).")
-    rest: dict[str, list[str]] = {}
-    for c in comparisons:
-        if c.reachable and not c.significant:
-            rest.setdefault(f"{c.a} vs {c.b}", []).append(titles[c.metric])
-    if not significant:
-        out.append("No significant difference between any of the methods compared, on any metric.")
-    elif rest:
-        out.append("No significant difference: " + "; ".join(f"{k} on {', '.join(v)}" for k, v in rest.items()) + ".")
-    unreachable = [c for c in comparisons if not c.reachable]
-    if unreachable:
-        out.append(f"Not testable for lack of replicates: {len(unreachable)} comparison(s) "
-                   f"(needs >= {max(c.needs for c in unreachable)}).")
+    for role, word in (("primary", "Primary"), ("control", "Control")):
+        mine = [c for c in comparisons if c.role == role]
+        for c in mine:
+            out.append(f"{word}: {c.a} − {c.b}, {metric_title(c.metric)}: {_finding(c)}")
+    secondary = [c for c in comparisons if c.role == "secondary"]
+    if secondary:
+        out.append(f"{len(secondary)} other comparison(s) are exploratory: shown with their intervals, not tested.")
     return out
+
+
+def _finding(c: stats.Comparison) -> str:
+    interval = f" [{c.low:+.3f}, {c.high:+.3f}]" if math.isfinite(c.low) else ""
+    if c.significant:
+        return (f"{c.delta:+.3f}{interval}, {'higher' if c.delta > 0 else 'lower'} (p(Holm) "
+                f"{_fmt_p(c.p_holm)[2:]}).")
+    word = _verdict_word(c)
+    mde = c.mde()
+    rules = f"; a true difference of {mde:.3f} or more would have been detected with 80% power" \
+        if math.isfinite(mde) else ""
+    return f"{c.delta:+.3f}{interval}, {word}{rules}."
+
+
+def task_summary(section: Section, comparisons: Sequence[stats.Comparison]) -> str:
+    """The task's verdict in one sentence, for the first page."""
+    prim = [c for c in comparisons if c.role == "primary" and c.n > 0]
+    ctrl = [c for c in comparisons if c.role == "control" and c.n > 0]
+    kind = "independent cohorts" if resplit_ratio(section) == 0 else "one cohort re-split"
+    head = f"{section.task} ({section.n_replicates()} replicates, {kind})"
+    if not prim and not ctrl:
+        return f"{head}: no declared endpoint has paired runs."
+    sig = [c for c in prim if c.significant]
+    parts = []
+    if sig:
+        parts.append("; ".join(f"{c.a} − {c.b} {metric_title(c.metric)} {c.delta:+.3f} (p(Holm) "
+                               f"{_fmt_p(c.p_holm)[2:]})" for c in sig))
+    rest = [c for c in prim if not c.significant]
+    if rest:
+        mdes = [c.mde() for c in rest if not c.metric.startswith("fid/")]
+        mdes = [m for m in mdes if math.isfinite(m)]
+        bound = f" (none larger than {min(mdes):.2f}-{max(mdes):.2f} would have been missed)" if mdes else ""
+        what = ", ".join(dict.fromkeys(f"{c.a} − {c.b}" for c in rest))
+        parts.append(f"no significant difference for {what} on {len(rest)} primary endpoint(s){bound}")
+    for c in ctrl:
+        what = f"control {c.a} − {c.b} on {metric_title(c.metric)} {c.delta:+.3f}"
+        if math.isfinite(c.low):
+            what += f" [{c.low:+.3f}, {c.high:+.3f}]"
+        parts.append(what + (f", p(Holm) {_fmt_p(c.p_holm)[2:]}" if c.significant else ", not significant"))
+    return f"{head}: " + "; ".join(parts) + "."
 
 
 def fid_table(section: Section) -> dict | None:
@@ -1067,7 +1202,7 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid #e
 TEMPLATE_FILE = Path(__file__).with_name("leaderboard.html.j2")
 
 
-def _section_context(section: Section, test: str) -> dict:
+def _section_context(section: Section, test: str, comparisons: list[stats.Comparison]) -> dict:
     from benchmark.fid import fid_config
 
     figures, fig_notes = section_figures(section)
@@ -1103,16 +1238,18 @@ def _section_context(section: Section, test: str) -> dict:
         if len(codes) > 1:
             notices.append(f"The replicates of {row.label} come from {len(codes)} code versions ({', '.join(codes)}):"
                            " their numbers may not be comparable; re-run them with one version of the code.")
-    comparisons = section_comparisons(section, test)
     forest = None
     if any(math.isfinite(c.delta) for c in comparisons):
+        inference = comparisons[0].inference
         forest = Figure(f"{section.anchor}-verdict", "Paired differences on test_unseen",
-                        f"Mean paired difference over replicates with its 95% t interval, one panel per metric; "
-                        f"filled: significant ({'paired t-test' if test == 't' else 'exact sign-flip test'}, Holm "
-                        f"within the panel, alpha {stats.ALPHA}); open: not significant; grey cross: not testable "
-                        f"with this many replicates. Green: better than the reference, red: worse.",
+                        f"Mean paired difference over replicates with its 95% interval ({inference}), one panel per "
+                        f"metric; filled: a declared endpoint that is significant (Holm over its family across "
+                        f"tasks, alpha {comparisons[0].alpha:g}); open: not significant, or exploratory (not "
+                        f"tested); grey cross: not testable with this many replicates. Green: better than the "
+                        f"reference, red: worse.",
                         forest_png(comparisons, f"{section.task}: method − reference"))
         figures.insert(0, forest)
+    fractions = oracle_fractions(section, comparisons)
     tables = []
     for split in TABLE_SPLITS:
         t = split_table(section, split)
@@ -1129,8 +1266,25 @@ def _section_context(section: Section, test: str) -> dict:
         "notices": list(dict.fromkeys(notices)), "tables": tables, "fid": fid_table(section), "fid_ci": cfg_preset.ci,
         "worst": worst_groups(section), "group_columns": _group_columns(section.task, section.records),
         "figures": [f for f in figures if f is not forest], "forest": forest,
-        "verdict": verdict_sentences(section, comparisons, test), "comparisons": verdict_table(comparisons),
+        "verdict": verdict_sentences(section, comparisons, test),
+        "comparisons": verdict_table(comparisons, fractions), "summary": task_summary(section, comparisons),
     }
+
+
+def family_statement(protocol: Endpoints, comparisons: Sequence[Sequence[stats.Comparison]], where: str) -> list[str]:
+    """What the page tests and how, in words: the declared families and their sizes, and where they come from."""
+    flat = [c for comps in comparisons for c in comps]
+    lines = []
+    for role, what in (("primary", "Primary family"), ("control", "Controls")):
+        mine = protocol.of_role(role)
+        tested = [c for c in flat if c.role == role and c.n > 0]
+        pairs = dict.fromkeys(f"{e.a} − {e.b} on {metric_title(e.metric)}" for e in mine)
+        lines.append(f"{what} ({len(tested)} comparison(s) with paired runs, Holm across tasks at alpha "
+                     f"{protocol.alpha:g}): {'; '.join(pairs)}.")
+    lines.append(f"Declared in {where} (SHA-256 {protocol.sha256[:12]}). Every other comparison is exploratory: "
+                 "shown with its 95% interval and its minimum detectable effect (MDE: the smallest true difference "
+                 "the design detects with 80% power), never starred.")
+    return lines
 
 
 @dataclass
@@ -1150,6 +1304,8 @@ def render(
     test: str = "t",
     title: str = "MeDiBench leaderboard",
     now: datetime | None = None,
+    protocol: Endpoints | None = None,
+    protocol_note: str = "the shipped default endpoints",
 ) -> Report:
     """The leaderboard page of ``records`` (invalid ones are listed on the page, not used)."""
     from jinja2 import Environment, StrictUndefined
@@ -1166,16 +1322,19 @@ def render(
             log.warning("record %s left out of the report: %s", name, reason)
         else:
             valid.append(rec)
-    sections = build_sections(valid, expected_methods)
+    protocol = protocol or endpoints.load()
+    sections = sorted(build_sections(valid, expected_methods), key=lambda s: protocol.task_order(s.task))
     if test not in stats.TESTS:
         raise ReportError(f"unknown test {test!r}; choose from: {', '.join(stats.TESTS)}")
-    contexts = [_section_context(s, test) for s in sections]
+    comparisons = page_comparisons(sections, test, protocol)
+    contexts = [_section_context(s, test, c) for s, c in zip(sections, comparisons, strict=True)]
     env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=False, lstrip_blocks=False)
     html = env.from_string(TEMPLATE_FILE.read_text(encoding="utf-8")).render(
         title=title, css=Markup(_CSS), version=__version__, source=source, n_records=len(valid), skipped=skipped,
         generated=(now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
         test_name="paired t-test" if test == "t" else "exact sign-flip permutation test",
         commits=sorted({str(r.get("git_commit")) for r in valid if r.get("git_commit")}), sections=contexts,
+        family=family_statement(protocol, comparisons, protocol_note),
     )
     figures = [f for c in contexts for f in ([c["forest"]] if c["forest"] else []) + c["figures"]]
     return Report(html, figures, sections, skipped)
@@ -1206,18 +1365,22 @@ def mixed_code(records: Sequence[dict]) -> list[str]:
             for (task, preset, method), codes in sorted(versions.items()) if len(codes) > 1]
 
 
-def markdown(sections: Sequence[Section], source: str, test: str = "t") -> str:
+def markdown(sections: Sequence[Section], source: str, test: str = "t", protocol: Endpoints | None = None,
+             protocol_note: str = "the shipped default endpoints") -> str:
     """The leaderboard's verdict and test_unseen table per task as Markdown (``leaderboard.md``): what a README or a
     paper quotes, with the same numbers as the page."""
-    lines = ["# MeDiBench leaderboard: the verdicts", "", f"Run records: {source}.", ""]
-    for section in sections:
+    protocol = protocol or endpoints.load()
+    all_comparisons = page_comparisons(sections, test, protocol)
+    lines = ["# MeDiBench leaderboard: the verdicts", "", f"Run records: {source}.", "", "## Verdict across tasks", ""]
+    lines += [f"- {task_summary(s, c)}" for s, c in zip(sections, all_comparisons, strict=True)] + [""]
+    lines += family_statement(protocol, all_comparisons, protocol_note) + [""]
+    for section, comparisons in zip(sections, all_comparisons, strict=True):
         setting = ", ".join(f"{k}={v}" for k, v in sorted(section.setting.items()))
         lines += [f"## {section.task}, preset {section.preset}" + (f" ({setting})" if setting else ""), ""]
-        comparisons = section_comparisons(section, test)
         sentences = verdict_sentences(section, comparisons, test)
         lines += [sentences[0], ""] + [f"- {s}" for s in sentences[1:]] + [""]
         if comparisons:
-            table = verdict_table(comparisons)
+            table = verdict_table(comparisons, oracle_fractions(section, comparisons))
             lines += ["| difference (n) | " + " | ".join(table["columns"]) + " |",
                       "|---|" + "---|" * len(table["columns"])]
             for row in table["rows"]:
@@ -1236,23 +1399,8 @@ def markdown(sections: Sequence[Section], source: str, test: str = "t") -> str:
     return "\n".join(lines)
 
 
-def write_report(
-    results_dir: Path | str | Sequence[Path | str],
-    out_dir: Path | str,
-    expected_methods: Sequence[str] = CANONICAL_METHODS,
-    test: str = "t",
-    pdf: bool = True,
-    allow_mixed_code: bool = False,
-) -> dict[str, Any]:
-    """Write ``leaderboard.html``, ``leaderboard.pdf``, ``leaderboard.md`` (the verdicts and test_unseen tables, for
-    a README) and ``figures/*.png`` under ``out_dir``; what was written.
-    ``results_dir`` may be several folders (for example two frozen grids): their records are read together, one per
-    run id. Records of one method made by different code are a ReportError unless ``allow_mixed_code`` (then the
-    page says so beside that method)."""
-    from benchmark.cache import atomic_write_bytes, atomic_write_text
-
-    folders = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(d) for d in results_dir]
-    out_dir = Path(out_dir)
+def read_folders(folders: Sequence[Path]) -> list[dict]:
+    """The run records of every folder, one per run id; a missing or empty folder is a ReportError naming it."""
     records: list[dict] = []
     seen: set[str] = set()
     for folder in folders:
@@ -1268,17 +1416,82 @@ def write_report(
             if record_key(rec) not in seen:
                 seen.add(record_key(rec))
                 records.append(rec)
-    source = ", ".join(str(f) for f in folders)
+    return records
+
+
+def power_plan(results_dir: Path | str | Sequence[Path | str], effect: float, test: str = "t",
+               endpoints_file: Path | str | None = None, power: float = 0.8) -> list[str]:
+    """How many replicates each declared endpoint needs to detect a true difference of ``effect`` with ``power``,
+    from the SD of its paired differences in the records (a pilot) and its family's first Holm level."""
+    folders = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(d) for d in results_dir]
+    if not (math.isfinite(effect) and effect > 0):
+        raise ReportError(f"--power {effect}: expected a difference > 0 (e.g. 0.05 for five accuracy points)")
+    records = [r for r in read_folders(folders) if validate_record(r) is None]
+    try:
+        protocol, note = endpoints.for_results(folders, endpoints_file)
+    except endpoints.EndpointsError as exc:
+        raise ReportError(str(exc)) from None
+    sections = sorted(build_sections(records), key=lambda s: protocol.task_order(s.task))
+    out = [f"replicates needed for a true difference of {effect:g} at {100 * power:.0f}% power ({note}):"]
+    for section, comparisons in zip(sections, page_comparisons(sections, test, protocol), strict=True):
+        for c in comparisons:
+            if c.role not in endpoints.ROLES:
+                continue
+            alpha = c.alpha / max(1, c.family_size)
+            if c.n < 2 or not (math.isfinite(c.sd) and c.sd > 0):
+                out.append(f"  {section.task}: {c.a} − {c.b}, {metric_title(c.metric)}: no variance estimate "
+                           f"({c.n} paired replicate(s))")
+                continue
+            need = stats.replicates_needed(effect, c.sd, alpha, power, c.resplit_ratio)
+            mde = c.mde(power)
+            verdict = (f"{need} replicates" if need is not None else
+                       "no replicate count suffices (re-splits of one cohort: the corrected variance does not "
+                       "shrink below (n_test/n_train) s^2)")
+            out.append(f"  {section.task}: {c.a} − {c.b}, {metric_title(c.metric)} (SD of differences {c.sd:.3f} "
+                       f"over {c.n}, alpha {alpha:.4f}): {verdict}; MDE now {mde:.3f}")
+    return out
+
+
+def _shown_path(folder: Path) -> str:
+    """A results folder as the page names it: as given when relative; an absolute path by its last two parts, so a
+    committed report carries no paths of the machine that made it."""
+    return str(folder) if not folder.is_absolute() else "/".join(folder.parts[-2:])
+
+
+def write_report(
+    results_dir: Path | str | Sequence[Path | str],
+    out_dir: Path | str,
+    expected_methods: Sequence[str] = CANONICAL_METHODS,
+    test: str = "t",
+    pdf: bool = True,
+    allow_mixed_code: bool = False,
+    endpoints_file: Path | str | None = None,
+) -> dict[str, Any]:
+    """Write ``leaderboard.html``, ``leaderboard.pdf``, ``leaderboard.md`` (the verdicts and test_unseen tables, for
+    a README) and ``figures/*.png`` under ``out_dir``; what was written.
+    ``results_dir`` may be several folders (for example two frozen grids): their records are read together, one per
+    run id. Records of one method made by different code are a ReportError unless ``allow_mixed_code`` (then the
+    page says so beside that method)."""
+    from benchmark.cache import atomic_write_bytes, atomic_write_text
+
+    folders = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(d) for d in results_dir]
+    out_dir = Path(out_dir)
+    records = read_folders(folders)
+    source = ", ".join(_shown_path(f) for f in folders)
+    try:
+        protocol, protocol_note = endpoints.for_results(folders, endpoints_file)
+    except endpoints.EndpointsError as exc:
+        raise ReportError(f"{exc}; nothing written") from None
     mixed = mixed_code(records)
     if mixed and not allow_mixed_code:
         more = f" (and {len(mixed) - 1} more)" if len(mixed) > 1 else ""
         raise ReportError(f"--results {source}: the records of {mixed[0]}{more} may not be comparable; re-run "
                           "them with one version of the code, or pass --mixed-code to report them with a notice; "
                           "nothing written")
-    report = render(records, source, expected_methods, test)
+    report = render(records, source, expected_methods, test, protocol=protocol, protocol_note=protocol_note)
     html_path = out_dir / "leaderboard.html"
     atomic_write_text(html_path, report.html)
-    atomic_write_text(out_dir / "leaderboard.md", markdown(report.sections, source, test))
+    atomic_write_text(out_dir / "leaderboard.md", markdown(report.sections, source, test, protocol, protocol_note))
     for fig in report.figures:
         atomic_write_bytes(out_dir / "figures" / f"{fig.name}.png", fig.png)
     pdf_path = write_pdf(report.html, out_dir / "leaderboard.pdf") if pdf else None

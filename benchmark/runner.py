@@ -420,7 +420,7 @@ def _fit_and_augment(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, pr
     # 1. seed everything (global generators: the sampling seed; each source has its own seed, RunConfig.seed_for)
     seed_everything(cfg.seed_for("sampling"))
     # 2. the task's splits
-    task: Task = TASKS.get(cfg.task)(cfg.data, cfg.split, cache_dir, progress)
+    task: Task = TASKS.get(cfg.task)(cfg.task_data(), cfg.split, cache_dir, progress)
     splits = task.splits(cfg.seed_for("split"))
     log.info("splits: %s", {k: len(v) for k, v in splits.items()})
     # 3. the method learns from the training split

@@ -209,8 +209,11 @@ class Estimate:
     sd: float
 
 
-def replicate_estimate(values: Sequence[float | None], confidence: float = CONFIDENCE) -> Estimate:
-    """Mean and t interval of the finite ``values`` (one per replicate)."""
+def replicate_estimate(values: Sequence[float | None], confidence: float = CONFIDENCE,
+                       bounds: tuple[float, float] | None = None) -> Estimate:
+    """Mean and t interval of the finite ``values`` (one per replicate). ``bounds``: the range the metric cannot
+    leave (an accuracy's [0, 1]); the interval is intersected with it. The true mean always lies in that range, so
+    the intersection covers it exactly as often as the t interval does, and no bound reads below 0 or above 1."""
     from scipy import stats
 
     v = finite(values)
@@ -222,7 +225,10 @@ def replicate_estimate(values: Sequence[float | None], confidence: float = CONFI
     if np.ptp(v) <= 1e-12 * max(1.0, abs(float(v.mean()))):
         return Estimate(float(v.mean()), float(v.mean()), float(v.mean()), len(v), 0.0)
     ci = stats.ttest_1samp(v, 0.0).confidence_interval(confidence)
-    return Estimate(float(v.mean()), float(ci.low), float(ci.high), len(v), sd)
+    low, high = float(ci.low), float(ci.high)
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Estimate(float(v.mean()), low, high, len(v), sd)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,6 +263,26 @@ class Comparison:
     test: str  # which of the two the verdict uses
     needs: int  # replicates the chosen test needs to reach ALPHA at all in this family
     p_holm: float = NAN  # the chosen test's p, Holm-adjusted within its family
+    # n_test / n_train of the re-split cohort (Nadeau & Bengio's correction); 0: independent replicates
+    resplit_ratio: float = 0.0
+    sd: float = NAN  # SD of the paired differences
+    role: str = ""  # "primary", "control" or "secondary" (benchmark.endpoints); "" outside a declared protocol
+    family_size: int = 1  # comparisons in its Holm family
+    degenerate: bool = False  # every paired difference equal and non-zero: the t-test is undefined
+    alpha: float = ALPHA  # the family's level (the declared endpoints')
+
+    @property
+    def inference(self) -> str:
+        """The test behind the verdict, in words."""
+        if self.resplit_ratio > 0:
+            return f"corrected resampled t (Nadeau-Bengio, n_test/n_train {self.resplit_ratio:.2f})"
+        return "paired t" if self.test == "t" else "exact sign-flip"
+
+    def mde(self, power: float = 0.8) -> float:
+        """The smallest true difference this comparison detects with ``power`` at its family's Bonferroni level
+        (what Holm's first step uses), from its observed SD and replicate count; NaN with too few replicates."""
+        alpha = self.alpha / max(1, self.family_size) if self.role in ("primary", "control") else self.alpha
+        return minimum_detectable_effect(self.sd, self.n, alpha, power, self.resplit_ratio)
 
     @property
     def p(self) -> float:
@@ -268,7 +294,7 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        return self.reachable and math.isfinite(self.p_holm) and self.p_holm < ALPHA
+        return self.reachable and math.isfinite(self.p_holm) and self.p_holm < self.alpha
 
 
 def paired_comparison(
@@ -280,8 +306,15 @@ def paired_comparison(
     test: str = "t",
     family: int = 1,
     confidence: float = CONFIDENCE,
+    resplit_ratio: float = 0.0,
 ) -> Comparison:
-    """``a - b`` over replicates paired by position (a pair with a non-finite value is dropped)."""
+    """``a - b`` over replicates paired by position (a pair with a non-finite value is dropped).
+
+    ``resplit_ratio`` > 0 (n_test / n_train): the replicates re-split one cohort, their test and training sets
+    overlap and their differences are positively correlated; the t-test then uses Nadeau & Bengio's (2003) corrected
+    variance (1/n + n_test/n_train) s^2 on n - 1 degrees of freedom, and the verdict uses it whatever ``test`` says
+    (the sign-flip test has no such correction).
+    """
     from scipy import stats
 
     if test not in TESTS:
@@ -297,18 +330,123 @@ def paired_comparison(
     if n < 2:
         return Comparison(a, b, metric, n, delta, NAN, NAN, NAN, NAN, NAN, test, needs)
     sd = float(d.std(ddof=1))
+    if resplit_ratio > 0:
+        test = "t"
+        needs = min_replicates(test, ALPHA, family)
+    common = dict(resplit_ratio=float(resplit_ratio), family_size=family)
     if np.ptp(d) <= 1e-12 * max(1.0, abs(delta)):
-        # identical differences (two deterministic methods): t is 0 (p = 1) or infinite (p = 0)
-        return Comparison(a, b, metric, n, delta, delta, delta, NAN, 1.0 if delta == 0.0 else 0.0,
-                          1.0 if delta == 0.0 else 2.0 ** (1 - n), test, needs)
-    t = stats.ttest_1samp(d, 0.0)
-    ci = t.confidence_interval(confidence)
+        # identical differences (deterministic metrics, few replicates): zero variance. A zero difference is no
+        # difference (p 1); a non-zero one leaves the t-test undefined (not p = 0): only the sign-flip test,
+        # exact at 2 / 2**n, speaks, and the interval is not given
+        if delta == 0.0:
+            return Comparison(a, b, metric, n, 0.0, 0.0, 0.0, NAN, 1.0, 1.0, test, needs, sd=0.0, **common)
+        return Comparison(a, b, metric, n, delta, NAN, NAN, NAN, NAN, 2.0 ** (1 - n), test, needs, sd=0.0,
+                          degenerate=True, **common)
+    se = sd * math.sqrt(1.0 / n + resplit_ratio)
+    t_stat = delta / se
+    p_t = float(2 * stats.t.sf(abs(t_stat), n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
     perm = stats.permutation_test(
         (d,), lambda x, axis=-1: np.mean(x, axis=axis), permutation_type="samples", vectorized=True,
         n_resamples=2**n if n <= 16 else 20_000, alternative="two-sided", random_state=0,
     )
-    return Comparison(a, b, metric, n, delta, float(ci.low), float(ci.high), delta / sd, float(t.pvalue),
-                      float(min(1.0, perm.pvalue)), test, needs)
+    return Comparison(a, b, metric, n, delta, delta - half, delta + half, delta / sd, p_t,
+                      float(min(1.0, perm.pvalue)), test, needs, sd=sd, **common)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# power: the smallest effect a design detects, and the replicates an effect needs
+
+
+def power_of(delta: float, sd: float, n: int, alpha: float = ALPHA, resplit_ratio: float = 0.0) -> float:
+    """Power of the two-sided paired t-test (corrected when ``resplit_ratio`` > 0) at true difference ``delta``:
+    exact, from the noncentral t distribution."""
+    from scipy import stats
+
+    if n < 2 or not (math.isfinite(sd) and sd > 0) or not math.isfinite(delta):
+        return NAN
+    df = n - 1
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    nc = delta / (sd * math.sqrt(1.0 / n + resplit_ratio))
+    value = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if not math.isfinite(value):  # scipy's noncentral t loses its tail far from the centre: there power is ~1
+        value = 1.0 if abs(nc) > crit else 0.0
+    return min(1.0, value)
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = 0.8,
+                              resplit_ratio: float = 0.0) -> float:
+    """The true difference the paired t-test detects with probability ``power`` at level ``alpha`` with ``n``
+    replicates whose differences have SD ``sd`` (exact noncentral t; about sd (t_{1-a/2} + t_power) / sqrt(n))."""
+    from scipy.optimize import brentq
+
+    if n < 2 or not (math.isfinite(sd) and sd > 0):
+        return NAN
+    scale = sd * math.sqrt(1.0 / n + resplit_ratio)
+    return float(brentq(lambda x: power_of(x, sd, n, alpha, resplit_ratio) - power, 1e-9 * scale, 40 * scale))
+
+
+def replicates_needed(delta: float, sd: float, alpha: float = ALPHA, power: float = 0.8,
+                      resplit_ratio: float = 0.0, most: int = 10_000) -> int | None:
+    """The fewest replicates (>= 2) with which a true difference ``delta`` is detected with ``power``; None when no
+    count does (re-splits of one cohort: the corrected variance never falls below (n_test/n_train) s^2) or more
+    than ``most`` would be needed."""
+    if not (math.isfinite(sd) and sd > 0) or not math.isfinite(delta) or delta == 0:
+        return None
+    if power_of(abs(delta), sd, most, alpha, resplit_ratio) < power:
+        return None
+    lo, hi = 2, most
+    if power_of(abs(delta), sd, lo, alpha, resplit_ratio) >= power:
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if power_of(abs(delta), sd, mid, alpha, resplit_ratio) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a method's gain as a share of the oracle's
+
+
+@dataclass(frozen=True)
+class Fraction:
+    """mean(gain) / mean(oracle gain) over paired replicates, with Fieller's interval (NaN bounds: unbounded)."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+
+def fraction_of(gain: Sequence[float], ceiling: Sequence[float], confidence: float = CONFIDENCE) -> Fraction:
+    """The share of the ceiling's gain a method reaches: ``gain`` (method - none) and ``ceiling`` (oracle - none) per
+    replicate, paired by position. Fieller's interval solves (x - r y)^2 <= t^2 var(x - r y) for r with the
+    replicates' covariance; when the ceiling is not clearly away from 0 the set is unbounded (NaN bounds)."""
+    from scipy import stats
+
+    pairs = [(float(x), float(y)) for x, y in zip(gain, ceiling, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    n = len(pairs)
+    if n == 0:
+        return Fraction(NAN, NAN, NAN, 0)
+    x, y = np.asarray(pairs).T
+    mx, my = float(x.mean()), float(y.mean())
+    value = mx / my if my != 0 else NAN
+    if n < 2:
+        return Fraction(value, NAN, NAN, n)
+    sxx, syy = float(x.var(ddof=1)) / n, float(y.var(ddof=1)) / n
+    sxy = float(np.cov(x, y, ddof=1)[0, 1]) / n
+    t2 = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) ** 2
+    a = my * my - t2 * syy
+    b = -2 * (mx * my - t2 * sxy)
+    c = mx * mx - t2 * sxx
+    disc = b * b - 4 * a * c
+    if a <= 0 or disc < 0:  # the ceiling's mean gain is within its own noise of 0: no bounded interval
+        return Fraction(value, NAN, NAN, n)
+    root = math.sqrt(disc)
+    return Fraction(value, (-b - root) / (2 * a), (-b + root) / (2 * a), n)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -359,6 +497,28 @@ def simulate_paired_differences(rng: np.random.Generator, n_sims: int, n_reps: i
         a = simulate_clustered_correctness(rng, n_sims, n_patients, patches, pa).mean(axis=1)
         b = simulate_clustered_correctness(rng, n_sims, n_patients, patches, pb).mean(axis=1)
         out[:, r] = a - b
+    return out
+
+
+def simulate_resplit_differences(rng: np.random.Generator, n_sims: int, n_reps: int, n_patients: int = 240,
+                                 n_test: int = 80, patient_sd: float = 0.4, model_sd: float = 0.02,
+                                 independent: bool = False) -> np.ndarray:
+    """n_sims x n_reps paired differences under the null (the population's mean difference is 0).
+
+    Each patient of a cohort of ``n_patients`` carries its own difference (``patient_sd``: how much more one method
+    gets right on that patient; the population mean is 0, a finite cohort's is not); a replicate draws ``n_test``
+    test patients from the cohort without replacement (the rest train) and adds its own model noise. With
+    ``independent`` every replicate draws a fresh cohort, as the embedded data's cohort seed does; otherwise all of a
+    simulation's replicates re-split one cohort and share its mean, the case the corrected test is for (its
+    n_test / n_train is ``n_test / (n_patients - n_test)``)."""
+    out = np.zeros((n_sims, n_reps))
+    for i in range(n_sims):
+        cohort = patient_sd * rng.standard_normal(n_patients)
+        for r in range(n_reps):
+            if independent:
+                cohort = patient_sd * rng.standard_normal(n_patients)
+            test = rng.choice(n_patients, n_test, replace=False)
+            out[i, r] = cohort[test].mean() + model_sd * rng.standard_normal()
     return out
 
 

@@ -162,7 +162,7 @@ def model_group(cfg: RunConfig) -> str | None:
     payload = cfg.to_dict()
     for key in ("seed", "seeds", "probe"):
         payload.pop(key, None)
-    payload["model_seeds"] = {source: cfg.seed_for(source) for source in ("split", "model")}
+    payload["model_seeds"] = {source: cfg.seed_for(source) for source in ("cohort", "split", "model")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
