@@ -193,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="size of everything: smoke (seconds), cpu (default without a GPU), gpu (default with one), paper",
     )
-    run.add_argument("--seed", type=int, default=0, help="replicate seed (default 0): the cohort (a fresh one per seed on "
-                     "the embedded data), the data split, the generative model's training, sampling and the probe; pin "
-                     "one source with --set seeds.split=N (also seeds.cohort, seeds.model, seeds.sampling, seeds.probe)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="replicate seed (default 0): the cohort (a fresh one per seed on the embedded data), the "
+                     "data split, the generative model's training, sampling and the probe; pin one source with --set "
+                     "seeds.split=N (also seeds.cohort, seeds.model, seeds.sampling, seeds.probe)")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     add_overrides(run, "override config fields, e.g. data.image_size=64 probe.C=0.1 method.lr=1e-4 "
                   "(keys: `list --keys`)")
@@ -494,8 +495,9 @@ def results_table(record: dict) -> str:
         flagged = m.get(f"{split}/n_groups_flagged") or 0
         note = f"  ({int(flagged)} small group(s) left out)" if flagged else ""
         lines.append(f"{split:<12}{int(n or 0):>6}" + cells + note)
-    lines.append("[95% interval over test patients]; shortcut gap: balanced accuracy on patches whose class their "
-                 "site mostly sent minus on the others (0 = no shortcut)")
+    lines.append("[95% interval over test patients; none for the worst group: a bootstrap of a minimum is not a valid "
+                 "interval]; shortcut gap: balanced accuracy on patches whose class their site mostly sent minus on "
+                 "the others (0 = no shortcut; n/a with fewer than probe.min_shortcut_patients patients on a side)")
     return "\n".join(lines)
 
 

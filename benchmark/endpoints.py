@@ -20,7 +20,11 @@ else:  # pragma: no cover
 
 DEFAULT_FILE = Path(__file__).with_name("endpoints.toml")
 DECLARED_NAME = "endpoints.toml"  # the copy in a results folder
-ROLES = ("primary", "control")
+ROLES = ("primary", "control")  # the sections of a protocol file
+#: the roles a declared comparison takes: the primary family and the positive controls are each Holm-corrected
+#: across tasks; a negative control ("expect = no difference") is tested alone at alpha, the stricter test for it
+DECLARED = ("primary", "control", "negative")
+FAMILIES = ("primary", "control")
 EXPECT = ("higher", "lower", "no difference")
 
 
@@ -35,7 +39,7 @@ class Endpoint:
     a: str
     b: str
     metric: str
-    role: str  # primary | control
+    role: str  # primary | control (positive) | negative (a control expected not to differ)
     expect: str = ""  # controls: what the benchmark must show
 
 
@@ -107,7 +111,8 @@ def parse(text: str, where: str) -> Endpoints:
             if role == "control" and expect not in EXPECT:
                 raise EndpointsError(f"{name}: expect = {expect!r} is invalid: expected one of {', '.join(EXPECT)}")
             for metric in metrics:
-                endpoint = Endpoint(a.strip(), b.strip(), metric, role, expect if role == "control" else "")
+                kind = "negative" if role == "control" and expect == "no difference" else role
+                endpoint = Endpoint(a.strip(), b.strip(), metric, kind, expect if role == "control" else "")
                 if any((e.a, e.b, e.metric) == (endpoint.a, endpoint.b, metric) for e in out):
                     raise EndpointsError(f"{name}: {comparison} on {metric} is declared twice")
                 out.append(endpoint)

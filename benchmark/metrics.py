@@ -122,12 +122,15 @@ def evaluate(
     alignment: np.ndarray | None = None,
     patients: np.ndarray | None = None,
     min_group_patients: int = 1,
+    min_shortcut_patients: int = 1,
 ) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
     """All metrics of one split: (scalar metrics, per-group table, confusion matrix).
 
     With ``alignment`` (from site_alignment): balanced accuracy on site-aligned and on site-misaligned patches
     and their difference, ``shortcut_gap`` (large when the classifier reads the site instead of the tissue).
-    Balanced, because aligned and misaligned patches have very different class mixes.
+    Balanced, because aligned and misaligned patches have very different class mixes. The gap is NaN (undefined, not
+    0) when the aligned or the misaligned set has fewer than ``min_shortcut_patients`` patients: a gap that rests on
+    two patients measures them, not the shortcut.
     """
     table = group_table(y_true, y_pred, groups, min_group_size, patients, min_group_patients)
     metrics = {
@@ -143,11 +146,15 @@ def evaluate(
     }
     if alignment is not None:
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+        ids = np.arange(len(y_true)) if patients is None else np.asarray(patients, dtype=object)
         for status in (ALIGNED, MISALIGNED, UNSEEN_SITE):
             mask = alignment == status
             metrics[f"{status}_balanced_accuracy"] = balanced_accuracy(y_true[mask], y_pred[mask])
             metrics[f"n_{status}"] = float(mask.sum())
-        metrics["shortcut_gap"] = metrics["aligned_balanced_accuracy"] - metrics["misaligned_balanced_accuracy"]
+            metrics[f"patients_{status}"] = float(len(pd.unique(ids[mask])))
+        enough = min(metrics["patients_aligned"], metrics["patients_misaligned"]) >= min_shortcut_patients
+        metrics["shortcut_gap"] = (metrics["aligned_balanced_accuracy"] - metrics["misaligned_balanced_accuracy"]
+                                   if enough else NAN)
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n_classes))) if len(y_true) else np.zeros(
         (n_classes, n_classes), dtype=int
     )

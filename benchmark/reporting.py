@@ -484,13 +484,16 @@ def page_comparisons(sections: Sequence[Section], test: str = "t",
     protocol = protocol or endpoints.load()
     per = [section_comparisons(s, test, protocol.split, protocol) for s in sections]
     flat = [(i, j) for i, comps in enumerate(per) for j, _ in enumerate(comps)]
-    for role in endpoints.ROLES:
+    for role in endpoints.FAMILIES:
         members = [(i, j) for i, j in flat if per[i][j].role == role and per[i][j].n > 0]
         m = len(members)
         family = [replace(per[i][j], family_size=m, needs=stats.min_replicates(per[i][j].test, protocol.alpha, m))
                   for i, j in members]
         for (i, j), c in zip(members, stats.adjust_family(family), strict=True):
             per[i][j] = c
+    for i, j in flat:  # a negative control alone at alpha: the harder test for "must not differ"
+        if per[i][j].role == "negative" and per[i][j].n > 0:
+            per[i][j] = stats.adjust_family([per[i][j]])[0]
     return per
 
 
@@ -533,7 +536,7 @@ def oracle_fractions(section: Section, comparisons: Sequence[stats.Comparison],
     oracle = next((r for r in section.rows if r.method == "oracle" and r.label == "oracle"), None)
     if base is None or oracle is None:
         return {}
-    metrics = {c.metric for c in comparisons if c.role in ("primary", "control") and not c.metric.startswith("fid/")}
+    metrics = {c.metric for c in comparisons if c.role in endpoints.DECLARED and not c.metric.startswith("fid/")}
     out = {}
     for metric in sorted(metrics):
         key = f"{split}/{metric}"
@@ -574,7 +577,7 @@ def verdict_table(comparisons: Sequence[stats.Comparison],
                               "role": ""})
                 continue
             interval = f"[{c.low:+.3f}, {c.high:+.3f}]" if math.isfinite(c.low) else ""
-            declared = c.role in endpoints.ROLES
+            declared = c.role in endpoints.DECLARED
             notes = [f"p(Holm) {_fmt_p(c.p_holm)[2:]}" if declared and c.reachable and math.isfinite(c.p_holm)
                      else "", _verdict_word(c), _mde_note(c)]
             if b == "none":
@@ -600,12 +603,12 @@ def verdict_sentences(section: Section, comparisons: Sequence[stats.Comparison],
             f"over the declared primary family across tasks, and over the controls.")
     if not comparisons:
         return [head, "No comparison: the section has no run of none (and not both medi and cls)."]
-    declared = [c for c in comparisons if c.role in endpoints.ROLES]
+    declared = [c for c in comparisons if c.role in endpoints.DECLARED]
     if declared and all(not c.reachable for c in declared):
         need = max(c.needs for c in declared)
         return [head, f"No difference can be tested with {n} replicate(s): the test needs >= {need} in this family."]
     out = [head]
-    for role, word in (("primary", "Primary"), ("control", "Control")):
+    for role, word in (("primary", "Primary"), ("control", "Positive control"), ("negative", "Negative control")):
         mine = [c for c in comparisons if c.role == role]
         for c in mine:
             out.append(f"{word}: {c.a} − {c.b}, {metric_title(c.metric)}: {_finding(c)}")
@@ -630,7 +633,7 @@ def _finding(c: stats.Comparison) -> str:
 def task_summary(section: Section, comparisons: Sequence[stats.Comparison]) -> str:
     """The task's verdict in one sentence, for the first page."""
     prim = [c for c in comparisons if c.role == "primary" and c.n > 0]
-    ctrl = [c for c in comparisons if c.role == "control" and c.n > 0]
+    ctrl = [c for c in comparisons if c.role in ("control", "negative") and c.n > 0]
     kind = "independent cohorts" if resplit_ratio(section) == 0 else "one cohort re-split"
     head = f"{section.task} ({section.n_replicates()} replicates, {kind})"
     if not prim and not ctrl:
@@ -1275,12 +1278,17 @@ def family_statement(protocol: Endpoints, comparisons: Sequence[Sequence[stats.C
     """What the page tests and how, in words: the declared families and their sizes, and where they come from."""
     flat = [c for comps in comparisons for c in comps]
     lines = []
-    for role, what in (("primary", "Primary family"), ("control", "Controls")):
+    for role, what in (("primary", "Primary family"), ("control", "Positive controls"),
+                       ("negative", "Negative controls")):
         mine = protocol.of_role(role)
+        if not mine:
+            continue
         tested = [c for c in flat if c.role == role and c.n > 0]
         pairs = dict.fromkeys(f"{e.a} − {e.b} on {metric_title(e.metric)}" for e in mine)
-        lines.append(f"{what} ({len(tested)} comparison(s) with paired runs, Holm across tasks at alpha "
-                     f"{protocol.alpha:g}): {'; '.join(pairs)}.")
+        how = "each alone at alpha (the stricter test for 'must not differ')" if role == "negative" else \
+            "Holm across tasks"
+        lines.append(f"{what} ({len(tested)} comparison(s) with paired runs, {how}, alpha {protocol.alpha:g}): "
+                     f"{'; '.join(pairs)}.")
     lines.append(f"Declared in {where} (SHA-256 {protocol.sha256[:12]}). Every other comparison is exploratory: "
                  "shown with its 95% interval and its minimum detectable effect (MDE: the smallest true difference "
                  "the design detects with 80% power), never starred.")
@@ -1435,7 +1443,7 @@ def power_plan(results_dir: Path | str | Sequence[Path | str], effect: float, te
     out = [f"replicates needed for a true difference of {effect:g} at {100 * power:.0f}% power ({note}):"]
     for section, comparisons in zip(sections, page_comparisons(sections, test, protocol), strict=True):
         for c in comparisons:
-            if c.role not in endpoints.ROLES:
+            if c.role not in endpoints.DECLARED:
                 continue
             alpha = c.alpha / max(1, c.family_size)
             if c.n < 2 or not (math.isfinite(c.sd) and c.sd > 0):

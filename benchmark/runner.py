@@ -33,7 +33,9 @@ from benchmark.provenance import git_commit, run_code_hash
 from benchmark.registry import ENCODERS, METHODS, TASKS, load_plugins
 
 log = logging.getLogger("benchmark")
-RECORD_SCHEMA = 2  # 2: replicate seeds, per-run patient-bootstrap intervals, groups counted in patients
+# 2: replicate seeds, per-run patient-bootstrap intervals, groups counted in patients; 3: the cohort seed (a fresh
+# embedded cohort per replicate) and the population the replicate speaks for
+RECORD_SCHEMA = 3
 # Written after the run's MLflow run is closed: a record without it belongs to a process killed in between.
 MLFLOW_CLOSED = ".mlflow-closed"
 
@@ -451,6 +453,9 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
     task, splits, method, ctx, train = _fit_and_augment(cfg, run_dir, cache_dir, tracker, progress)
     distributed.finish()  # several processes: the others stop here; the rest is the main process's alone
     data_info = dict(splits["train"].info)
+    data_info["cohort"] = cfg.replicate()["population"]
+    if cfg.data.source == "embedded":  # the world the cohort was drawn from: patients are (world, patient id)
+        data_info["cohort_world"] = cfg.task_data().generator_seed
     evals = {name: method.transform_eval(splits[name], ctx) for name in EVAL_SPLITS}
     # 5. frozen encoder -> embeddings (cached) -> linear probe
     probe = Probe(cfg, cache_dir)
@@ -482,7 +487,7 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         patients = split.metadata["patient_id"].astype(str).to_numpy()
         values, table, cm = M.evaluate(
             y, pred, split.metadata["group"], sites, len(task.classes), cfg.probe.min_group_size, alignment,
-            patients, cfg.probe.min_group_patients,
+            patients, cfg.probe.min_group_patients, cfg.probe.min_shortcut_patients,
         )
         metrics.update({f"{name}/{k}": v for k, v in values.items()})
         groups[name] = table.to_dict(orient="records")
@@ -502,7 +507,7 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         if cfg.probe.bootstrap and len(split):
             intervals = stats.patient_intervals(
                 frame, stats.INTERVAL_METRICS, cfg.probe.min_group_size, cfg.probe.min_group_patients,
-                cfg.probe.bootstrap, seed=cfg.seed_for("probe"),
+                cfg.probe.bootstrap, seed=cfg.seed_for("probe"), min_shortcut_patients=cfg.probe.min_shortcut_patients,
             )
             for metric, (low, high) in intervals.items():
                 metrics[f"{name}/{metric}/ci_low"], metrics[f"{name}/{metric}/ci_high"] = low, high

@@ -34,9 +34,11 @@ TESTS = ("t", "signflip")  # the paired tests a report can lead with
 WORST_FRACTION = 0.2
 #: the least share of bootstrap resamples in which a metric must be defined for a run's interval
 MIN_DEFINED = 0.9
-#: the metrics each run reports with a patient-bootstrap interval (``<split>/<metric>/ci_low`` and ``ci_high``)
+#: the metrics each run reports with a patient-bootstrap interval (``<split>/<metric>/ci_low`` and ``ci_high``).
+#: Not the worst-group accuracy: a percentile bootstrap of a minimum over groups is not a valid interval (the minimum
+#: is not a smooth statistic, and groups drop out of resamples), so a run reports none for it, and says so
 INTERVAL_METRICS: tuple[str, ...] = (
-    "balanced_accuracy", "worst_group_accuracy", "worst20_group_accuracy", "site_balanced_accuracy", "shortcut_gap",
+    "balanced_accuracy", "worst20_group_accuracy", "site_balanced_accuracy", "shortcut_gap",
 )
 
 
@@ -90,7 +92,8 @@ def eligible_groups(
 
 
 def weighted_metric(
-    weights: np.ndarray, frame: pd.DataFrame, metric: str, min_group_size: int = 1, min_group_patients: int = 1
+    weights: np.ndarray, frame: pd.DataFrame, metric: str, min_group_size: int = 1, min_group_patients: int = 1,
+    min_shortcut_patients: int = 1,
 ) -> np.ndarray:
     """``metric`` of one split's predictions under each row of ``weights`` (B x n patch multiplicities).
 
@@ -134,6 +137,9 @@ def weighted_metric(
         return _nanmean(per_site, axis=1)
     if metric == "shortcut_gap":
         alignment = frame["alignment"].astype(str).to_numpy()
+        ids = frame["patient_id"].astype(str).to_numpy() if "patient_id" in frame else np.arange(len(frame))
+        if min(len(set(ids[alignment == ALIGNED])), len(set(ids[alignment == MISALIGNED]))) < min_shortcut_patients:
+            return np.full(len(w), np.nan)  # too few patients on one side (decided on the split as it is)
         return balanced(w * (alignment == ALIGNED)) - balanced(w * (alignment == MISALIGNED))
     raise ValueError(f"no patch-weighted definition of metric {metric!r}")
 
@@ -150,6 +156,7 @@ def patient_intervals(
     n_resamples: int = 1000,
     confidence: float = CONFIDENCE,
     seed: int = 0,
+    min_shortcut_patients: int = 1,
 ) -> dict[str, tuple[float, float]]:
     """Percentile ``confidence`` intervals of ``metrics`` over one split's predictions, resampling patients (all of
     a drawn patient's patches come along). ``frame`` needs ``patient_id``; a metric that is undefined in too many
@@ -168,7 +175,8 @@ def patient_intervals(
             idx = np.asarray(idx)
             flat = idx.reshape(-1, idx.shape[-1]).astype(int)  # resamples of patient indices
             counts = np.stack([np.bincount(row, minlength=n_patients) for row in flat])
-            values = weighted_metric(counts[:, patient_codes], frame, metric, min_group_size, min_group_patients)
+            values = weighted_metric(counts[:, patient_codes], frame, metric, min_group_size, min_group_patients,
+                                     min_shortcut_patients)
             return values.reshape(idx.shape[:-1])
 
         if not np.isfinite(statistic(np.arange(n_patients)[None, :])).all():
@@ -266,7 +274,7 @@ class Comparison:
     # n_test / n_train of the re-split cohort (Nadeau & Bengio's correction); 0: independent replicates
     resplit_ratio: float = 0.0
     sd: float = NAN  # SD of the paired differences
-    role: str = ""  # "primary", "control" or "secondary" (benchmark.endpoints); "" outside a declared protocol
+    role: str = ""  # primary, control, negative or secondary (benchmark.endpoints); "" outside a declared protocol
     family_size: int = 1  # comparisons in its Holm family
     degenerate: bool = False  # every paired difference equal and non-zero: the t-test is undefined
     alpha: float = ALPHA  # the family's level (the declared endpoints')
@@ -281,7 +289,8 @@ class Comparison:
     def mde(self, power: float = 0.8) -> float:
         """The smallest true difference this comparison detects with ``power`` at its family's Bonferroni level
         (what Holm's first step uses), from its observed SD and replicate count; NaN with too few replicates."""
-        alpha = self.alpha / max(1, self.family_size) if self.role in ("primary", "control") else self.alpha
+        alpha = self.alpha / max(1, self.family_size) if self.role in ("primary", "control", "negative") \
+            else self.alpha
         return minimum_detectable_effect(self.sd, self.n, alpha, power, self.resplit_ratio)
 
     @property

@@ -6,8 +6,10 @@ reports/calibration/calibration.png and calibration.json.
 
 The simulation is benchmark.stats.simulate_paired_differences (the one tests/benchmark/test_stats.py checks): per
 replicate a fresh test set of 60 patients x 8 patches that share their patient's outcome, and a difficulty (the
-replicate's split and trained model) shared by the two methods; the planted effect is +0.10 accuracy. About a
-minute on 2 cores.
+replicate's split and trained model) shared by the two methods; the planted effect is +0.10 accuracy. The third
+panel, benchmark.stats.simulate_resplit_differences: replicates that re-split one cohort of 320 patients (120 test,
+200 train, the test sets overlapping) against replicates that each draw a fresh cohort, under the null; the naive
+paired t-test against Nadeau and Bengio's corrected one. A few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -28,6 +30,21 @@ from benchmark import stats  # noqa: E402
 
 REPLICATES = (3, 4, 5, 6, 8, 10)
 EFFECT = 0.10
+COHORT, TEST = 320, 120  # the re-split simulation: patients in the cohort, of them in each replicate's test set
+
+
+def resplit_rates(rng: np.random.Generator, n_sims: int, n_reps: int) -> dict[str, float]:
+    """Under the null: naive and corrected t-test on re-splits of one cohort; naive t on fresh cohorts."""
+    ratio = TEST / (COHORT - TEST)
+    shared = stats.simulate_resplit_differences(rng, n_sims, n_reps, COHORT, TEST)
+    fresh = stats.simulate_resplit_differences(rng, n_sims, n_reps, COHORT, TEST, independent=True)
+    zero = np.zeros(n_reps)
+    return {
+        "naive_resplit": float(np.mean([stats.paired_comparison(d, zero, "m").p_t < 0.05 for d in shared])),
+        "corrected_resplit": float(np.mean([stats.paired_comparison(d, zero, "m", resplit_ratio=ratio).p_t < 0.05
+                                            for d in shared])),
+        "naive_independent": float(np.mean([stats.paired_comparison(d, zero, "m").p_t < 0.05 for d in fresh])),
+    }
 
 
 def rates(rng: np.random.Generator, n_sims: int, n_reps: int, effect: float) -> dict[str, float]:
@@ -48,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in REPLICATES:
         null = rates(rng, args.sims, n, 0.0)
         power = rates(rng, args.sims // 2, n, EFFECT)
+        resplit = resplit_rates(rng, args.sims // 2, n)
         rows.append({"replicates": n, "fpr_t": null["t"], "fpr_signflip": null["signflip"], "power_t": power["t"],
-                     "power_signflip": power["signflip"]})
+                     "power_signflip": power["signflip"], **{f"fpr_{k}": v for k, v in resplit.items()}})
+        print(f"   re-splits of one cohort: naive t {resplit['naive_resplit']:.3f}, corrected "
+              f"{resplit['corrected_resplit']:.3f}; fresh cohorts, naive t {resplit['naive_independent']:.3f}")
         print(f"{n:2d} replicates: false positives t {null['t']:.3f}, sign-flip {null['signflip']:.3f}; "
               f"power at +{EFFECT:.2f}: t {power['t']:.3f}, sign-flip {power['signflip']:.3f}")
     n_old = max(200, args.sims // 10)
@@ -63,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"commit": commit, "command": "python scripts/calibration.py " + " ".join(argv or sys.argv[1:]),
                "simulations_null": args.sims, "simulations_power": args.sims // 2, "effect": EFFECT,
                "patients": 60, "patches_per_patient": 8, "rows": rows,
-               "patch_bootstrap_fpr": float(old), "patch_bootstrap_simulations": n_old}
+               "patch_bootstrap_fpr": float(old), "patch_bootstrap_simulations": n_old,
+               "resplit": {"cohort_patients": COHORT, "test_patients": TEST, "simulations": args.sims // 2,
+                           "n_test_over_n_train": TEST / (COHORT - TEST)}}
     (args.out / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     import matplotlib
@@ -73,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reps = [r["replicates"] for r in rows]
     band = 3 * math.sqrt(0.05 * 0.95 / args.sims)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(14, 3.8))
     left.axhspan(0, 0.05 + band, color="#e8f2e8", label="0.05 + 3 Monte-Carlo SE")
     left.axhline(0.05, color="#444", lw=0.8)
     left.plot(reps, [r["fpr_t"] for r in rows], "o-", color="#1f4e8c", label="paired t-test (default)")
@@ -92,7 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     right.set_ylabel("rejections at 0.05")
     right.set_title(f"Power at a planted +{EFFECT:.2f} accuracy", loc="left", fontsize=10)
     right.legend(fontsize=7.5, loc="lower right")
-    for ax in (left, right):
+    band2 = 3 * math.sqrt(0.05 * 0.95 / (args.sims // 2))
+    third.axhspan(0, 0.05 + band2, color="#e8f2e8", label="0.05 + 3 Monte-Carlo SE")
+    third.axhline(0.05, color="#444", lw=0.8)
+    third.plot(reps, [r["fpr_naive_resplit"] for r in rows], "o-", color="#b3261e",
+               label="re-splits of one cohort: naive paired t")
+    third.plot(reps, [r["fpr_corrected_resplit"] for r in rows], "s-", color="#1f4e8c",
+               label="re-splits of one cohort: corrected (Nadeau-Bengio)")
+    third.plot(reps, [r["fpr_naive_independent"] for r in rows], "^--", color="#0a6b2c",
+               label="a fresh cohort per replicate: paired t")
+    third.set_ylim(0, max(0.6, max(r["fpr_naive_resplit"] for r in rows) + 0.05))
+    third.set_xlabel("replicates")
+    third.set_ylabel("rejections at 0.05 under the null")
+    third.set_title(f"Overlapping test sets ({TEST} of {COHORT} patients)", loc="left", fontsize=10)
+    third.legend(fontsize=7, loc="upper left")
+    for ax in (left, right, third):
         ax.grid(color="#e6e6e6", lw=0.6)
     fig.suptitle(f"60 patients x 8 patches per test set, patient-clustered outcomes; {args.sims} simulations per "
                  f"null point ({commit})", fontsize=8, x=0.01, ha="left")

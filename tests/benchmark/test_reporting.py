@@ -4,6 +4,7 @@ the ``report`` command, and the ``ui`` command against a real MLflow server."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -214,52 +215,85 @@ def test_table_numbers_intervals_and_best_marks(fixed):
     assert text.startswith("0.630[") and "best" not in cls
 
 
-def test_the_verdict_pairs_replicates_and_corrects_for_the_comparisons_shown(fixed):
-    """The verdict's numbers against scipy's paired t-test and Holm's procedure written out by hand."""
+def _independent(records: list[dict]) -> list[dict]:
+    """The records as schema-3 runs that each drew their own cohort (the embedded data's default)."""
+    out = []
+    for rec in records:
+        rec = json.loads(json.dumps(rec))
+        rec["schema"] = 3
+        rec["replicate"] = {"seed": rec["seed"], "seeds": {}, "varied": ["cohort", "split", "model", "sampling",
+                                                                         "probe"]}
+        out.append(rec)
+    return out
+
+
+def test_the_verdict_tests_the_declared_family_with_holm_across_it(fixed):
+    """Independent cohorts: the paired t-test against scipy; Holm over the declared primary family (medi - cls on
+    balanced accuracy and FID, medi - none on balanced accuracy) by hand; the rest exploratory, never significant."""
     from scipy import stats
 
-    _, _, report, _ = fixed
-    nsclc = report.sections[0]
-    comps = {(c.a, c.b, c.metric): c for c in R.section_comparisons(nsclc)}
+    records = _independent(fixed[1])
+    sections = R.build_sections(records)
+    nsclc = next(s for s in sections if s.task == "nsclc")
+    per = R.page_comparisons(sections)
+    comps = {(c.a, c.b, c.metric): c for c in per[sections.index(nsclc)]}
     assert {(a, b) for a, b, _ in comps} == {("cls", "none"), ("medi", "none"), ("medi", "cls")}
+    assert R.resplit_ratio(nsclc) == 0.0
     bal = {k: VALUES[k]["bal"] for k in VALUES}
-    raw = {
-        ("cls", "none"): stats.ttest_rel(bal["cls"], bal["none"]).pvalue,
-        ("medi", "cls"): stats.ttest_rel(bal["medi"], bal["cls"]).pvalue,
-        ("medi", "none"): 0.0,  # identical differences (+0.10 every replicate): t is infinite
-    }
+    raw = {("medi", "cls", "balanced_accuracy"): stats.ttest_rel(bal["medi"], bal["cls"]).pvalue,
+           ("medi", "cls", "fid/fbank"): stats.ttest_rel(FID["medi"], FID["cls"]).pvalue}
+    # medi - none on balanced accuracy: +0.10 in every replicate; the t-test is undefined there (not p = 0)
+    degenerate = comps[("medi", "none", "balanced_accuracy")]
+    assert degenerate.role == "primary" and degenerate.degenerate and math.isnan(degenerate.p_holm)
+    assert not degenerate.significant and R._verdict_word(degenerate) == "t undefined: every difference equal"
     order = sorted(raw, key=raw.get)
     holm, running = {}, 0.0
     for i, key in enumerate(order):
         running = max(running, min(1.0, (len(order) - i) * raw[key]))
         holm[key] = running
-    for (a, b), p in raw.items():
-        c = comps[(a, b, "balanced_accuracy")]
-        assert c.n == 3 and c.p_t == pytest.approx(p) and c.p_holm == pytest.approx(holm[(a, b)])
-    assert comps[("medi", "none", "balanced_accuracy")].significant
-    medi_cls = comps[("medi", "cls", "balanced_accuracy")]
-    assert medi_cls.p_t < 0.05 < medi_cls.p_holm and not medi_cls.significant  # Holm takes it back
-    assert comps[("medi", "cls", "balanced_accuracy")].delta == pytest.approx(0.06)
-    # FID, the paper's second claim, is compared only where both sides have one: medi against cls, alone in its family
-    fid = [c for c in comps.values() if c.metric == "fid/fbank"]
-    assert [(c.a, c.b) for c in fid] == [("medi", "cls")]
-    expected = stats.ttest_rel(FID["medi"], FID["cls"]).pvalue
-    assert fid[0].delta == pytest.approx(np.mean(FID["medi"]) - np.mean(FID["cls"]))
-    assert fid[0].p_t == pytest.approx(expected) and fid[0].p_holm == pytest.approx(expected)
+    for key, p in raw.items():
+        c = comps[key]
+        assert c.role == "primary" and c.n == 3 and c.p_t == pytest.approx(p) and c.p_holm == pytest.approx(holm[key])
+        assert c.family_size == 3  # the declared family with paired runs: medi - cls x 2, medi - none x 1
+    exploratory = comps[("cls", "none", "balanced_accuracy")]
+    assert exploratory.role == "secondary" and math.isnan(exploratory.p_holm) and not exploratory.significant
+    assert exploratory.p_t == pytest.approx(stats.ttest_rel(bal["cls"], bal["none"]).pvalue)
     table = R.verdict_table(list(comps.values()))
+    row = next(r for r in table["rows"] if r["label"] == "cls − none")
+    assert "exploratory" in row["cells"][0]["notes"] and not any("p(Holm)" in n for n in row["cells"][0]["notes"])
+    assert any(n.startswith("MDE ") for n in row["cells"][0]["notes"])
     assert table["columns"][-1] == "FID (fbank)" and table["rows"][0]["cells"][-1]["notes"] == ["no FID"]
-    # the exact sign-flip test cannot go below 2 / 2**3 with three replicates: it says so instead of a p-value
-    flip = {(c.a, c.b): c for c in R.section_comparisons(nsclc, test="signflip") if c.metric == "balanced_accuracy"}
-    assert flip[("medi", "none")].p_signflip == pytest.approx(0.25) and not flip[("medi", "none")].reachable
-    html = R.render(fixed[1], "r", test="signflip").html
-    assert "n/a: needs &gt;= 7 replicates" in html and "No difference can be tested with 3 replicate(s)" in html
-    # the page leads with the verdict: the sentence, the forest plot and the table come before the tables
-    page = report.html
+    # the page leads with the verdict across tasks, then each task's verdict before its tables
+    page = R.render(records, "r").html
     first = page.index('id="' + nsclc.anchor + '"')
-    assert first < page.index("medi vs none: balanced accuracy +0.100 [+0.100, +0.100] (higher") \
+    assert page.index('id="verdict-across-tasks"') < first < page.index("Primary: medi − cls, balanced accuracy") \
         < page.index(f'id="{nsclc.anchor}-verdict"') < page.index('class="comparisons"') \
         < page.index('class="leaderboard"')
-    assert "3 paired replicate(s) varying sampling, probe" in page  # schema-1 records: split and model fixed
+    assert "3 independent cohorts of the generator" in page and "Primary family (3 comparison(s)" in page
+
+
+def test_re_splits_of_one_cohort_use_the_corrected_test(fixed):
+    """Records that re-split one cohort (schema 1: split and model fixed; no cohort seed) get Nadeau and Bengio's
+    corrected variance with n_test / n_train from their split counts, and the page says what they speak for."""
+    from scipy import stats
+
+    records = json.loads(json.dumps(fixed[1]))
+    for rec in records:
+        rec["data"] = {"splits": {"train": {"patients": 100}, "test_unseen": {"patients": 50}}}
+    sections = R.build_sections(records)
+    nsclc = next(s for s in sections if s.task == "nsclc")
+    assert R.resplit_ratio(nsclc) == pytest.approx(0.5)
+    c = next(c for c in R.page_comparisons(sections)[sections.index(nsclc)]
+              if (c.a, c.b, c.metric) == ("medi", "cls", "balanced_accuracy"))
+    d = np.subtract(VALUES["medi"]["bal"], VALUES["cls"]["bal"])
+    t = d.mean() / (d.std(ddof=1) * math.sqrt(1 / 3 + 0.5))
+    assert c.p_t == pytest.approx(2 * stats.t.sf(abs(t), 2)) and "Nadeau-Bengio" in c.inference
+    page = R.render(records, "r").html
+    assert "re-split 3 times (the verdict speaks for the one generated cohort, not for new ones)" in page
+    # the exact sign-flip test has no correction: on re-splits the verdict uses the corrected t whatever --test says
+    flip = next(c for c in R.page_comparisons(sections, test="signflip")[sections.index(nsclc)]
+                if c.metric == "balanced_accuracy" and c.a == "medi" and c.b == "cls")
+    assert flip.test == "t"
 
 
 def test_sections_figures_and_notices(fixed):
@@ -350,10 +384,12 @@ def test_several_results_folders_are_reported_together_one_record_per_run(fixed,
     assert "nsclc (smoke): none, cls, medi" in proc.stdout and "uterine (smoke): " in proc.stdout
     assert f"({len(records)} run records," in proc.stdout  # the shared run counted once
     page = (out / "leaderboard.html").read_text()
-    assert f"{folders['nsclc']}, {folders['uterine']}" in page
+    # absolute folders by their last two parts: a committed page carries no paths of the machine that made it
+    shown = [f"{f.parent.name}/{f.name}" for f in folders.values()]
+    assert f"{shown[0]}, {shown[1]}" in page and str(tmp_path) not in page
     md = (out / "leaderboard.md").read_text()  # the verdicts and tables for a README, the page's numbers
     assert "## nsclc, preset smoke" in md and "## uterine, preset smoke" in md
-    assert "| medi − none (3) | +0.100 [" in md and "| none (3) | 0.720 [0.670, 0.770] |" in md
+    assert "| medi − none (3) | +0.100; t undefined: every difference equal" in md and "| none (3) | 0.720 [0.670, 0.770] |" in md
     proc = run_cli("report", "--results", str(folders["nsclc"]), "--results", str(tmp_path / "gone"),
                    "--out", str(tmp_path / "r2"), "--no-pdf")
     assert proc.returncode == 1 and f"{tmp_path / 'gone'}: no such folder" in proc.stderr
@@ -426,7 +462,8 @@ def test_report_command_writes_html_and_a_pdf_with_the_expected_pages(fixed, tmp
     assert nsclc < uterine  # every task after the first starts on its own page; the first follows the contents
     text = "\n".join(pages)
     for needle in ("0.720", "[0.670, 0.770]", "0.820", "Verdict", "Paired differences on test_unseen.",
-                   "medi vs none: balanced accuracy +0.100", "FID (fbank)", "test_unseen", "test_seen",
+                   "Primary: medi − none, balanced accuracy: +0.100", "Verdict across tasks", "FID (fbank)",
+                   "test_unseen", "test_seen",
                    "No records for stain_norm, cyclegan, cls, medi"):
         assert needle in text, needle
     assert len(pdf.pages) >= 4 and f"page 2 of {len(pdf.pages)}" in pages[1]

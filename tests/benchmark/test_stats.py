@@ -169,3 +169,107 @@ def test_the_replicate_level_test_is_calibrated_and_finds_a_planted_effect():
         b = stats.simulate_clustered_correctness(rng, 1, 60, 8, np.array([0.75]))[0]
         rejections += stats.patch_bootstrap_rejects(rng, a, b)
     assert rejections / 100 >= 0.3, rejections
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 25: corrected test, degenerate differences, bounded intervals, power, the oracle's share
+
+
+def test_the_corrected_resampled_t_test_by_hand():
+    """Nadeau & Bengio: variance (1/n + n_test/n_train) s^2, t on n - 1 degrees of freedom."""
+    d = np.array([0.05, 0.02, 0.04, 0.01, 0.03])
+    ratio = 0.5
+    c = stats.paired_comparison(d, np.zeros(5), "m", resplit_ratio=ratio, test="signflip")
+    se = d.std(ddof=1) * math.sqrt(1 / 5 + ratio)
+    t = d.mean() / se
+    assert c.p_t == pytest.approx(2 * sps.t.sf(t, 4))
+    half = sps.t.ppf(0.975, 4) * se
+    assert (c.low, c.high) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    assert c.test == "t" and "Nadeau-Bengio" in c.inference  # the sign-flip test has no correction: t it is
+    naive = stats.paired_comparison(d, np.zeros(5), "m")
+    assert naive.p_t < c.p_t and naive.high - naive.low < c.high - c.low and naive.inference == "paired t"
+
+
+def test_identical_non_zero_differences_leave_the_t_test_undefined_not_p_zero():
+    c = stats.paired_comparison([0.6, 0.6, 0.6], [0.5, 0.5, 0.5], "m")
+    assert c.degenerate and math.isnan(c.p_t) and math.isnan(c.low) and math.isnan(c.high)
+    assert c.p_signflip == pytest.approx(0.25)  # the exact test still speaks: 2 / 2**3
+    assert not c.significant
+    zero = stats.paired_comparison([0.6, 0.7, 0.5], [0.6, 0.7, 0.5], "m")
+    assert zero.p_t == 1.0 and zero.delta == 0.0 and not zero.degenerate
+
+
+def test_replicate_intervals_of_a_bounded_metric_stay_in_its_range():
+    values = [0.0, 0.05, 0.30, 0.02, 0.0]
+    free = stats.replicate_estimate(values)
+    bounded = stats.replicate_estimate(values, bounds=(0.0, 1.0))
+    assert free.low < 0 and bounded.low == 0.0 and bounded.high == free.high
+    top = stats.replicate_estimate([1.0, 0.97, 0.75], bounds=(0.0, 1.0))
+    assert top.high == 1.0 and top.low > 0.3
+
+
+def test_minimum_detectable_effect_matches_the_formula_and_the_noncentral_t():
+    # the issue's figures: SD 0.041 / 0.160 at 5 replicates -> 0.069 / 0.269; at 10: 0.041
+    assert stats.minimum_detectable_effect(0.041, 5) == pytest.approx(0.069, abs=1e-3)
+    assert stats.minimum_detectable_effect(0.160, 5) == pytest.approx(0.269, abs=1e-3)
+    assert stats.minimum_detectable_effect(0.041, 10) == pytest.approx(0.041, abs=1e-3)
+    # approximation s (t_{1-a/2} + t_{0.8}) / sqrt(n), close for n = 20
+    approx = 0.1 * (sps.t.ppf(0.975, 19) + sps.t.ppf(0.8, 19)) / math.sqrt(20)
+    assert stats.minimum_detectable_effect(0.1, 20) == pytest.approx(approx, rel=0.03)
+    # power at the MDE is 0.8 by construction; simulated, too
+    rng = np.random.default_rng(0)
+    mde = stats.minimum_detectable_effect(0.1, 6)
+    sims = rng.normal(mde, 0.1, (4000, 6))
+    hits = np.mean([sps.ttest_1samp(s, 0).pvalue < 0.05 for s in sims])
+    assert hits == pytest.approx(0.8, abs=0.03)
+    # the planner: the fewest replicates with 80% power; re-splits of one cohort cannot shrink below their overlap
+    n = stats.replicates_needed(0.157, 0.160)
+    assert stats.power_of(0.157, 0.160, n) >= 0.8 > stats.power_of(0.157, 0.160, n - 1)
+    assert stats.replicates_needed(0.05, 0.16, resplit_ratio=0.5) is None
+    assert math.isnan(stats.minimum_detectable_effect(0.1, 1))
+
+
+def test_the_share_of_the_oracle_gain_and_fieller_interval():
+    gain, ceiling = [0.05, 0.04, 0.06, 0.03, 0.05], [0.10, 0.12, 0.09, 0.11, 0.10]
+    f = stats.fraction_of(gain, ceiling)
+    assert f.value == pytest.approx(np.mean(gain) / np.mean(ceiling))
+    # Fieller's set is where the t statistic of x - r y is within the critical value: check both ends
+    x, y = np.asarray(gain), np.asarray(ceiling)
+    crit = sps.t.ppf(0.975, 4)
+    for r in (f.low, f.high):
+        z = x - r * y
+        assert abs(z.mean() / (z.std(ddof=1) / math.sqrt(5))) == pytest.approx(crit, rel=1e-6)
+    assert f.low < f.value < f.high
+    unbounded = stats.fraction_of([0.05, 0.04], [0.1, -0.1])  # the ceiling is not away from 0: no interval
+    assert math.isnan(unbounded.low)
+
+
+def test_the_naive_test_on_re_splits_of_one_cohort_is_not_calibrated_and_the_corrected_one_is():
+    """Null (population mean difference 0), 5 replicates that re-split one cohort of 320 patients (120 test): the
+    naive paired t-test rejects far more often than 5%; the corrected one at most 0.05 + 3 Monte-Carlo SE; with a
+    fresh cohort per replicate the naive test is calibrated again."""
+    rng = np.random.default_rng(7)
+    n_sims, n_reps, ratio = 600, 5, 120 / 200
+    shared = stats.simulate_resplit_differences(rng, n_sims, n_reps, 320, 120)
+    fresh = stats.simulate_resplit_differences(rng, n_sims, n_reps, 320, 120, independent=True)
+    zero = np.zeros(n_reps)
+    naive = np.mean([stats.paired_comparison(d, zero, "m").p_t < 0.05 for d in shared])
+    corrected = np.mean([stats.paired_comparison(d, zero, "m", resplit_ratio=ratio).p_t < 0.05 for d in shared])
+    independent = np.mean([stats.paired_comparison(d, zero, "m").p_t < 0.05 for d in fresh])
+    limit = 0.05 + 3 * math.sqrt(0.05 * 0.95 / n_sims)
+    assert naive > 0.12, naive  # measured 0.20 at 5 replicates; it grows with the replicate count
+    assert corrected <= limit and independent <= limit, (corrected, independent)
+
+
+def test_the_shortcut_gap_needs_patients_on_both_sides():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    pred = np.array([0, 0, 1, 1, 1, 0])
+    alignment = np.array([M.ALIGNED] * 4 + [M.MISALIGNED] * 2)
+    patients = np.array(["a", "b", "c", "d", "e", "e"])  # the misaligned side is one patient
+    values, _, _ = M.evaluate(y, pred, ["g"] * 6, np.array(["s"] * 6), 2, 1, alignment, patients, 1, 2)
+    assert math.isnan(values["shortcut_gap"]) and values["patients_misaligned"] == 1
+    values, _, _ = M.evaluate(y, pred, ["g"] * 6, np.array(["s"] * 6), 2, 1, alignment, patients, 1, 1)
+    assert values["shortcut_gap"] == pytest.approx(1.0)
+    frame = pd.DataFrame({"label": y, "pred": pred, "alignment": alignment, "patient_id": patients})
+    assert np.isnan(stats.weighted_metric(np.ones((1, 6)), frame, "shortcut_gap", min_shortcut_patients=2)).all()
+    assert "worst_group_accuracy" not in stats.INTERVAL_METRICS  # no bootstrap interval of a minimum
