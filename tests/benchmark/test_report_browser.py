@@ -187,7 +187,8 @@ def test_leaderboard_in_headless_chromium(tmp_path):
         assert result["leaderboards"] == 4 and result["fidTables"] == 1
         assert result["figures"] == result["figuresLoaded"] == len(report.figures) == 7  # forest plot first
         # each task leads with its verdict: nsclc compares three pairs, uterine (none only) says it cannot
-        assert len(result["verdicts"]) == 2 and "Primary: medi − none, balanced accuracy: +0.100" in result["verdicts"][0]
+        assert len(result["verdicts"]) == 2
+        assert "Primary: medi − none, balanced accuracy: +0.100" in result["verdicts"][0]
         assert "No comparison" in result["verdicts"][1] and result["comparisons"] == 3
         assert result["bestCells"] >= 6
         assert result["sections"] == [s for s in result["sections"] if s.startswith("Task ")] and len(
