@@ -74,7 +74,7 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
     mean = np.mean([r["metrics"]["test_unseen/balanced_accuracy"] for r in lines if r["method"] == "stain_norm"])
     assert f"{mean:.3f}" in html
     # the verdict pairs the two replicates, each with its own split; the sample grid is drawn
-    assert "2 paired replicate(s) varying split, model, sampling, probe" in html
+    assert "2 paired replicate(s) from 2 independent cohorts of the generator" in html
     assert "Up to four training images per class and site" in html
 
     # frozen results are never overwritten

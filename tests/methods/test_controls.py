@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark import endpoints
-from benchmark.config import FOLLOW, PRESETS
+from benchmark.config import FOLLOW
 from benchmark.protocols import Context
 from benchmark.registry import METHODS, TASKS, load_plugins
 from benchmark.runner import build_config
