@@ -255,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         "job, another machine on a shared file system: the run's lock says so) is not run twice. --launcher local "
         "(default): --workers processes on this machine, the cores divided between them. --launcher slurm: the "
         "unfinished jobs go to SLURM as a job array through submitit, with the --slurm-* resources, one log file per "
-        "job under <out>/slurm/; jobs that reuse a model another job trains (seeds.split and seeds.model pinned) "
-        "start after it. Seed 0 of every method and task comes first, so parallel workers train different "
-        "generative models.",
+        "job under <out>/slurm/; jobs that reuse a model another job trains (seeds.cohort, seeds.split and "
+        "seeds.model pinned) start after it. Seed 0 of every method and task comes first, so parallel workers train "
+        "different generative models.",
         epilog=SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

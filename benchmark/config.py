@@ -133,9 +133,9 @@ FOLLOW = -1  # a seed source set to this follows the replicate seed
 @dataclass(frozen=True)
 class SeedConfig:
     """The sources of randomness of one replicate. Each follows the replicate seed (``--seed``, the sweep's seeds)
-    unless pinned to a value >= 0: ``--set seeds.split=0 seeds.model=0`` is the paper's protocol (one split, one
-    trained model, replicates over sampling and the probe only); ``--set seeds.cohort=0`` re-splits one generated
-    cohort, as a fixed cohort (TCGA-UT, a manifest) always does."""
+    unless pinned to a value >= 0: ``--set seeds.cohort=0 seeds.split=0 seeds.model=0`` is the paper's protocol
+    (one cohort, one split, one trained model, replicates over sampling and the probe only); ``--set seeds.cohort=0``
+    re-splits one generated cohort, as a fixed cohort (TCGA-UT, a manifest) always does."""
 
     # the population the replicate's patients come from: on the embedded generator each cohort seed is a fresh cohort
     # (its test patients never repeat across replicates); a fixed cohort (TCGA-UT, a manifest) has only one

@@ -1189,14 +1189,14 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid #e
 @media print {
   body { max-width: none; padding: 0; font-size: 9pt; }
   h2 { border-top: none; margin-top: 0; }
-  section.task + section.task { break-before: page; }  /* the first task follows the contents on page 1 */
+  section.task { break-before: page; }  /* page 1: the verdict across tasks, the contents and the legend */
   .table-wrap { overflow: visible; }
   table { font-size: 7.6pt; width: 100%; }
   th, td { padding: .15rem .3rem; }
   thead { display: table-header-group; }
   tr, figure, .notice { break-inside: avoid; }
   h2, h3, caption { break-after: avoid; }
-  figure img { max-height: 235mm; width: auto; max-width: 100%; }
+  figure img { max-height: 150mm; width: auto; max-width: 100%; }
   a { color: inherit; text-decoration: none; }
 }
 """

@@ -16,11 +16,14 @@ from benchmark.runner import build_config, run_dir_for, run_one
 
 def test_a_replicate_varies_every_source_unless_one_is_pinned():
     cfg = build_config("medi", "nsclc", "smoke", seed=3, device="cpu")
-    assert cfg.replicate() == {"seed": 3, "seeds": {"split": 3, "model": 3, "sampling": 3, "probe": 3},
-                               "varied": ["split", "model", "sampling", "probe"]}
-    paper = build_config("medi", "nsclc", "smoke", seed=3, device="cpu", overrides=["seeds.split=0", "seeds.model=0"])
-    assert paper.replicate()["seeds"] == {"split": 0, "model": 0, "sampling": 3, "probe": 3}
+    assert cfg.replicate() == {"seed": 3, "seeds": {"cohort": 3, "split": 3, "model": 3, "sampling": 3, "probe": 3},
+                               "varied": ["cohort", "split", "model", "sampling", "probe"],
+                               "population": "independent cohorts", "cohort_world": 3}
+    paper = build_config("medi", "nsclc", "smoke", seed=3, device="cpu",
+                         overrides=["seeds.cohort=0", "seeds.split=0", "seeds.model=0"])
+    assert paper.replicate()["seeds"] == {"cohort": 0, "split": 0, "model": 0, "sampling": 3, "probe": 3}
     assert paper.replicate()["varied"] == ["sampling", "probe"]
+    assert paper.replicate()["population"] == "one cohort, re-split"
     with pytest.raises(ConfigError, match="seeds.split=-2 is invalid"):
         build_config("none", "nsclc", "smoke", device="cpu", overrides=["seeds.split=-2"])
 
@@ -35,13 +38,16 @@ def test_replicates_draw_their_own_split_and_a_pinned_split_is_shared(tmp_path):
     for seed in (0, 1):
         for pinned in (False, True):
             cfg = build_config("none", "nsclc", "smoke", seed=seed, device="cpu",
-                               overrides=["seeds.split=0"] if pinned else [])
+                               overrides=["seeds.cohort=0", "seeds.split=0"] if pinned else [])
             runs[(seed, pinned)] = run_one(cfg, tmp_path, progress=False)
     assert _test_patients(runs[(0, False)]) != _test_patients(runs[(1, False)])  # a new split per replicate
     assert _test_patients(runs[(0, True)]) == _test_patients(runs[(1, True)])  # the paper's protocol: one split
     assert runs[(1, True)]["replicate"]["varied"] == ["model", "sampling", "probe"]
     rec = runs[(1, False)]
-    assert rec["replicate"]["seeds"]["split"] == 1 and rec["schema"] == 2
+    assert rec["replicate"]["seeds"]["split"] == 1 and rec["schema"] == 3
+    # a fresh cohort per replicate: no test patient of replicate 0 is a patient of replicate 1 (patients are
+    # (world, id): the generated identifiers may coincide by chance, the people do not)
+    assert rec["data"]["cohort_world"] == 1 and runs[(0, False)]["data"]["cohort_world"] == 0
     # each run carries 95% intervals from a bootstrap over patients, around its own value
     metrics = rec["metrics"]
     low, high = metrics["test_unseen/balanced_accuracy/ci_low"], metrics["test_unseen/balanced_accuracy/ci_high"]

@@ -489,7 +489,7 @@ def test_report_command_writes_html_and_a_pdf_with_the_expected_pages(fixed, tmp
         if i + 1 in starts:
             continue
         rows = np.flatnonzero(ink[: int(0.93 * len(ink))].any(axis=1))  # above the footer ("page n of m")
-        # the first page (contents, legend, the first task's verdict) filled; later ones at least 40% down, since a
+        # the first page (the verdict across tasks, contents, legend) filled; later ones at least 40% down, since a
         # figure or table that does not fit moves to the next page whole
         assert rows.size and rows[-1] > (0.8 if i == 0 else 0.4) * len(ink), f"page {i + 1} of {len(inked)} is " \
             "nearly empty"

@@ -106,7 +106,7 @@ def test_a_slurm_sweep_runs_is_cancelled_resumes_and_reports_a_failed_job_with_i
 def test_jobs_that_reuse_a_model_wait_for_the_job_that_trains_it(slurm_cluster, tmp_path):
     env = slurm_cluster.env
     out = tmp_path / "results"
-    pinned = ["--set", "seeds.split=0", "seeds.model=0"]  # replicates over sampling and probe only: one model
+    pinned = ["--set", "seeds.cohort=0", "seeds.split=0", "seeds.model=0"]  # replicates over sampling and probe
     proc = run_cli("sweep", "--methods", "cyclegan", "--tasks", "nsclc", "--seeds", "2", "--preset", "smoke",
                    "--no-progress", "--out", str(out), "--launcher", "slurm", "--no-wait", *pinned, cwd=tmp_path,
                    env=env)
@@ -186,7 +186,7 @@ def test_model_waits_follow_the_shared_model(tmp_path):
     plain = sweep.plan_jobs(["none", "cyclegan"], ["nsclc"], [0, 1], "smoke", "cpu", [], tmp_path)
     assert sweep.model_waits(plain, set()) == {}  # each replicate trains its own model
     pinned = sweep.plan_jobs(["none", "cyclegan"], ["nsclc"], [0, 1, 2], "smoke", "cpu",
-                             ["seeds.split=0", "seeds.model=0"], tmp_path)
+                             ["seeds.cohort=0", "seeds.split=0", "seeds.model=0"], tmp_path)
     by_name = {j.name: j.key for j in pinned}
     trainer = by_name["cyclegan-nsclc-s0"]
     assert sweep.model_waits(pinned, set()) == {by_name["cyclegan-nsclc-s1"]: trainer,
