@@ -50,6 +50,16 @@ class Task:
         """The group of each patch for worst-group accuracy: the values of ``group_columns`` joined by '|'."""
         return metadata[list(self.group_columns)].astype(str).agg("|".join, axis=1)
 
+    #: whether :meth:`true_patches` can render ground truth (the embedded generator can; a fixed cohort cannot)
+    @property
+    def has_ground_truth(self) -> bool:
+        return False
+
+    def true_patches(self, conditions: pd.DataFrame, seed: int, salt: int) -> np.ndarray:
+        """uint8 N x H x W x 3 true patches of the generation rows' class and site (the oracle's patches, the ground
+        truth of counterfactual quality). Only a task with a generator has them."""
+        raise NotImplementedError(f"task {self.name!r} has no generator to render true patches")
+
 
 @dataclass
 class Context:

@@ -170,6 +170,21 @@ def replicate_of(rec: dict) -> dict:
 # structure: sections (task x setting) -> rows (method x variant) -> runs (seeds)
 
 
+def metric_bounds(key: str) -> tuple[float, float] | None:
+    """The range a metric cannot leave: [0, 1] for accuracies, fidelities and the robustness index, [-1, 1] for a
+    difference of two accuracies (the shortcut gap, MCC), [0, inf) for a distance (FID); None for counts."""
+    last = key.rsplit("/", 1)[-1]
+    if last.startswith(("n_", "patients_")) or last in ("n", "cells", "dim", "small_n"):
+        return None
+    if "/fid/" in f"/{key}":
+        return (0.0, math.inf)
+    if last in ("shortcut_gap", "mcc"):
+        return (-1.0, 1.0)
+    if "accuracy" in last or "fidelity" in last or last == "robustness_index":
+        return (0.0, 1.0)
+    return None
+
+
 @dataclass
 class Row:
     method: str
@@ -181,8 +196,8 @@ class Row:
         return sorted(_seed(r) for r in self.runs)
 
     def stat(self, key: str) -> stats.Estimate:
-        """Mean over the row's replicates with its 95% t interval."""
-        return stats.replicate_estimate([_value(r, key) for r in self.runs])
+        """Mean over the row's replicates with its 95% t interval, kept inside the range the metric cannot leave."""
+        return stats.replicate_estimate([_value(r, key) for r in self.runs], bounds=metric_bounds(key))
 
     def by_replicate(self, key: str) -> dict[tuple[int, int], float]:
         """(replicate seed, split seed) -> value: what pairs two methods' runs (same split, same seeds)."""
@@ -686,6 +701,44 @@ def fid_table(section: Section) -> dict | None:
                 cells.append({"text": text if n else "n/a", "ci": ci, "count": count, "mean": mean})
             rows.append({"space": space, "label": row.label, "cells": cells})
     return {"cancer_types": [*cancer_types, "mean"], "rows": rows}
+
+
+COUNTERFACTUAL_CAPTION = (
+    "Counterfactual quality against true patches: each generator's patches of the class x site x race "
+    "combinations the training split lacks, against true patches of the same cells rendered by the embedded "
+    "generator; fidelity: the share of patches that linear probes (trained on the real training patches and a "
+    "separate draw of true patches) read as the class (site) asked for; the true patches' own fidelity is the "
+    "ceiling. Mean [95% t interval] over replicates.")
+
+#: the columns of the counterfactual-quality table: (metric key after ``counterfactual/``, title, digits)
+COUNTERFACTUAL_COLUMNS = (
+    ("class_fidelity", "class fidelity", 3),
+    ("class_fidelity_true", "class fidelity, true patches", 3),
+    ("site_fidelity", "site fidelity", 3),
+    ("site_fidelity_true", "site fidelity, true patches", 3),
+)
+
+
+def counterfactual_table(section: Section) -> dict | None:
+    """Per generative method: its patches of the combinations the training split lacks against true patches of
+    the same cells (``benchmark.counterfactual``), mean [95% t interval] over replicates; None without such runs."""
+    spaces = sorted({k.split("/")[2] for r in section.records for k in r["metrics"]
+                     if k.startswith("counterfactual/fid/") and k.endswith("/mean")},
+                    key=lambda s: (s != "inception", s))
+    columns = [{"key": f"counterfactual/fid/{sp}/mean", "title": f"FID to true patches ({sp})", "digits": 2}
+               for sp in spaces]
+    columns += [{"key": f"counterfactual/{k}", "title": t, "digits": d} for k, t, d in COUNTERFACTUAL_COLUMNS]
+    rows = []
+    for row in section.rows:
+        if not any(math.isfinite(_value(r, "counterfactual/class_fidelity")) for r in row.runs):
+            continue
+        cells = [_interval(row.stat(c["key"]), c["digits"]) for c in columns]
+        n = row.stat("counterfactual/n")
+        rows.append({"label": row.label, "n": len(row.runs), "cells": cells,
+                     "patches": _fmt(n.mean, 0), "cells_n": _fmt(row.stat("counterfactual/cells").mean, 0)})
+    if not rows:
+        return None
+    return {"columns": columns, "rows": rows}
 
 
 def worst_groups(section: Section, split: str = "test_unseen", k: int = 3) -> list[dict]:
@@ -1267,6 +1320,7 @@ def _section_context(section: Section, test: str, comparisons: list[stats.Compar
     return {
         "anchor": section.anchor, "task": section.task, "heading": heading, "description": description,
         "notices": list(dict.fromkeys(notices)), "tables": tables, "fid": fid_table(section), "fid_ci": cfg_preset.ci,
+        "counterfactual": counterfactual_table(section),
         "worst": worst_groups(section), "group_columns": _group_columns(section.task, section.records),
         "figures": [f for f in figures if f is not forest], "forest": forest,
         "verdict": verdict_sentences(section, comparisons, test),
@@ -1342,7 +1396,7 @@ def render(
         generated=(now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
         test_name="paired t-test" if test == "t" else "exact sign-flip permutation test",
         commits=sorted({str(r.get("git_commit")) for r in valid if r.get("git_commit")}), sections=contexts,
-        family=family_statement(protocol, comparisons, protocol_note),
+        family=family_statement(protocol, comparisons, protocol_note), counterfactual_caption=COUNTERFACTUAL_CAPTION,
     )
     figures = [f for c in contexts for f in ([c["forest"]] if c["forest"] else []) + c["figures"]]
     return Report(html, figures, sections, skipped)
@@ -1404,6 +1458,13 @@ def markdown(sections: Sequence[Section], source: str, test: str = "t", protocol
             cells = [" ".join(filter(None, [c.text, c.interval])) for c in row["cells"]]
             lines.append(f"| {row['label']} ({row['n']}) | " + " | ".join(cells) + " |")
         lines.append("")
+        cf = counterfactual_table(section)
+        if cf:
+            lines += [COUNTERFACTUAL_CAPTION, "",
+                      "| method (n) | " + " | ".join(c["title"] for c in cf["columns"]) + " |",
+                      "|---|" + "---|" * len(cf["columns"])]
+            lines += [f"| {r['label']} ({r['n']}) | " + " | ".join(r["cells"]) + " |" for r in cf["rows"]]
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -517,6 +517,10 @@ def _execute(cfg: RunConfig, run_dir: Path, cache_dir: Path, tracker, progress: 
         from benchmark import fid
 
         metrics.update(fid.evaluate_method(method, splits["test_unseen"], cfg.probe, ctx, encoder=probe.encoder))
+        # 6b'. on the embedded data: its patches of the combinations the training split lacks vs true patches
+        from benchmark import counterfactual
+
+        metrics.update(counterfactual.evaluate(method, splits["train"], ctx, cfg.probe, probe.encoder))
     # 6c. samples.npz (training images as the method returns them) and per-run figures, for reports and the UI
     from benchmark import reporting
 

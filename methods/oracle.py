@@ -26,10 +26,6 @@ from benchmark.registry import METHODS
 
 log = logging.getLogger(__name__)
 
-#: patch indices of the oracle's patches start here: far above any cohort's own, so no pixel repeats a real patch
-PATCH_INDEX_OFFSET = 1 << 40
-
-
 @dataclass(frozen=True)
 class ControlParams:
     """The generation plan a control method follows: MeDi's, for the preset (see :func:`medi_plan_params`)."""
@@ -73,7 +69,7 @@ class Oracle(Method):
 
     def fit(self, train: Split, ctx: Context) -> None:
         source = getattr(getattr(ctx.task, "data", None), "source", "?")
-        if source != "embedded" or not hasattr(ctx.task, "cohort_spec"):
+        if not getattr(ctx.task, "has_ground_truth", False):
             raise ConfigError(f"method 'oracle' needs the embedded generator to render true patches of the missing "
                               f"combinations; task {ctx.task.name!r} reads a fixed cohort ({source}), which has no "
                               "patients of those combinations outside its evaluation splits")
@@ -89,19 +85,6 @@ class Oracle(Method):
         return concat([train, Split(self.synthesize(rows, ctx), rows, "synthetic")], "train")
 
     def synthesize(self, conditions: pd.DataFrame, ctx: Context) -> np.ndarray:
-        """True patches of the rows' (cancer type, site): new tissue in the site's style, with the cohort's share of
-        patches without tumour morphology (race has no visual effect in the generator, as in its cohorts)."""
-        from tasks import embedded
-
-        spec = ctx.task.cohort_spec()
+        """True patches of the rows' (cancer type, site) from the task's generator (``Task.true_patches``)."""
         self._calls = getattr(self, "_calls", 0) + 1  # the augmentation's patches and the FID's are new tissue each
-        rng = np.random.default_rng([spec.seed, int(ctx.seed), self._calls, 0x0AC1E])
-        first = PATCH_INDEX_OFFSET + (int(ctx.seed) << 28) + (self._calls << 22)
-        rows = pd.DataFrame({
-            "patch_index": first + np.arange(len(conditions), dtype=np.int64),
-            "tissue_source_site": conditions["tissue_source_site"].astype(str).to_numpy(),
-            "cancer_type": conditions["cancer_type"].astype(str).to_numpy(),
-            "ambiguous": rng.random(len(conditions)) < spec.ambiguous_fraction,
-        })
-        size = ctx.task.data.image_size
-        return embedded.render(rows, size, spec.seed)
+        return ctx.task.true_patches(conditions, ctx.seed, self._calls)

@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict
 
 import numpy as np
+import pandas as pd
 
 from benchmark.cache import cached_array
 from benchmark.data import METADATA_COLUMNS, Split
@@ -21,6 +22,10 @@ from benchmark.registry import TASKS
 from tasks import splits as splitting
 
 log = logging.getLogger(__name__)
+
+#: patch indices of true patches rendered for generation rows start here: far above any cohort's own, so no pixel
+#: repeats a real patch
+TRUE_PATCH_OFFSET = 1 << 40
 
 
 class CancerTypeTask(Task):
@@ -65,6 +70,33 @@ class CancerTypeTask(Task):
             ambiguous_fraction=d.ambiguous_fraction,
             seed=d.generator_seed,
         )
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.data.source == "embedded"
+
+    def true_patches(self, conditions, seed: int, salt: int):
+        """Ground truth for generation rows (``cancer_type``, ``tissue_source_site``): new patients' tissue rendered
+        by the embedded generator in the site's style, with the cohort's share of patches without tumour morphology
+        (race has no visual effect in the generator). ``seed`` and ``salt`` pick the draw: two calls with different
+        salts are different tissue, the same pair the same pixels. On a fixed cohort (TCGA-UT, a manifest) there is
+        no generator: a ConfigError says so."""
+        from benchmark.config import ConfigError
+        from tasks import embedded
+
+        if self.data.source != "embedded":
+            raise ConfigError(f"{self.origin()} reads a fixed cohort ({self.data.source}): there is no generator to "
+                              "render true patches of combinations its patients do not have")
+        spec = self.cohort_spec()
+        rng = np.random.default_rng([spec.seed, int(seed), int(salt), 0x0AC1E])
+        first = TRUE_PATCH_OFFSET + (int(seed) % (1 << 12) << 28) + ((int(salt) % (1 << 6)) << 22)
+        rows = pd.DataFrame({
+            "patch_index": first + np.arange(len(conditions), dtype=np.int64),
+            "tissue_source_site": conditions["tissue_source_site"].astype(str).to_numpy(),
+            "cancer_type": conditions["cancer_type"].astype(str).to_numpy(),
+            "ambiguous": rng.random(len(conditions)) < spec.ambiguous_fraction,
+        })
+        return embedded.render(rows, self.data.image_size, spec.seed)
 
     def _load_embedded(self) -> Split:
         from tasks import embedded

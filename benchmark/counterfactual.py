@@ -1,0 +1,112 @@
+"""Counterfactual quality against ground truth: how close a generator's patches of the unseen combinations are to
+true patches of the same cells.
+
+The paper's claim is about subpopulations the training data lacks. The FID of ``benchmark.fid`` compares synthetic
+patches with the real test_unseen patches of their rows; on the embedded data the generator can also render the
+truth of every combination the training split lacks, so a method's patches of exactly those cells are compared with
+true patches of the same cells (the oracle's patches, :meth:`benchmark.protocols.Task.true_patches`):
+
+- ``counterfactual/fid/<space>/...``: Frechet distance per cancer type (and its mean) between the method's patches
+  and true patches of the same rows, in every FID feature space of the run;
+- ``counterfactual/class_fidelity`` and ``counterfactual/site_fidelity``: the share of the method's patches that
+  linear probes assign to the class (site) they were generated for. The probes learn from the real training
+  patches and a second, separate draw of true patches of the same cells: trained on the real patches alone, where
+  site predicts class, a probe reads a class at a site that never sent it as the site's class, and would call even
+  true patches unfaithful;
+- ``counterfactual/class_fidelity_true`` and ``counterfactual/site_fidelity_true``: the same probes on the true
+  patches, the ceiling a generator's fidelity is read against, measured in the same run.
+
+The cells are the task's groups (class x the other group columns, site and race) that have no real training patch,
+the combinations the ``fill`` generation plan fills; rows are drawn over them as that plan draws (largest remainder,
+the run's sampling seed), at most the FID's ``max_per_class`` per cancer type. A fixed cohort has no ground truth:
+nothing is measured there and the run's report says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from benchmark.data import Split
+from benchmark.protocols import Context, Method
+
+log = logging.getLogger(__name__)
+
+PREFIX = "counterfactual"
+#: the salt of the true patches (Task.true_patches): a draw no method's own call count reaches
+TRUTH_SALT = 63
+#: the salt of the second draw of true patches the fidelity probes learn from
+JUDGE_SALT = 62
+
+
+def conditions(train: Split, classes: list[str], attributes: list[str], per_class: int, seed: int) -> pd.DataFrame:
+    """Generation rows of the combinations (class x ``attributes``) without a real training patch: at most
+    ``per_class`` rows per cancer type, spread over the cells as the ``fill`` plan spreads them."""
+    from benchmark.generation import expand_plan, generation_plan
+
+    meta = train.metadata
+    real = meta[~meta["is_synthetic"].astype(bool)] if "is_synthetic" in meta else meta
+    ratio = per_class * len(classes) / max(len(real), 1)
+    plan = generation_plan(real, classes, attributes, "fill", ratio, seed)
+    if len(plan):
+        plan = plan.copy()  # a class with more than its share of cells is capped at per_class
+        for ct, rows in plan.groupby("cancer_type").groups.items():
+            over = int(plan.loc[rows, "n"].sum()) - per_class
+            if over > 0:
+                n = plan.loc[rows, "n"].to_numpy().astype(float)
+                plan.loc[rows, "n"] = np.floor(n * per_class / n.sum()).astype(int)
+        plan = plan[plan["n"] > 0].reset_index(drop=True)
+    return expand_plan(plan, real, PREFIX, seed)
+
+
+def evaluate(method: Method, train: Split, ctx: Context, probe, encoder=None) -> dict[str, float]:
+    """The ``counterfactual/...`` metrics of a generative method on a task with ground truth ({} elsewhere)."""
+    from benchmark.compare import FidelityProbes
+    from benchmark.fid import SmallSampleWarning, feature_spaces, fid_config, fid_per_class
+
+    task = ctx.task
+    if not getattr(task, "has_ground_truth", False):
+        ctx.report[PREFIX] = {"note": "no ground truth on a fixed cohort: counterfactual quality not measured"}
+        return {}
+    cfg = fid_config(ctx.preset)
+    cap = getattr(method.params, "fid_max_per_class", None)
+    if cap is not None:
+        cfg = replace(cfg, max_per_class=int(cap))
+    attributes = [c for c in task.group_columns if c != "cancer_type"]
+    rows = conditions(train, list(task.classes), attributes, cfg.max_per_class, ctx.seed)
+    if len(rows) < 2:
+        ctx.report[PREFIX] = {"note": "the training split has every combination: no counterfactual cells"}
+        return {}
+    fake = np.asarray(method.synthesize(rows, ctx))
+    truth = task.true_patches(rows, ctx.seed, TRUTH_SALT)
+    metrics: dict[str, float] = {f"{PREFIX}/n": float(len(rows)),
+                                 f"{PREFIX}/cells": float(len(rows.drop_duplicates(["cancer_type", *attributes])))}
+    # fidelity: probes trained on the real training patches and a second draw of true patches of the same cells (a
+    # judge for which site does not stand in for class), on the method's patches and on the true ones
+    meta = train.metadata
+    real = np.flatnonzero(~meta["is_synthetic"].astype(bool).to_numpy())
+    judge = task.true_patches(rows, ctx.seed, JUDGE_SALT)
+    probes = FidelityProbes(np.concatenate([np.asarray(train.subset(real).load().images), judge]),
+                            pd.concat([meta.iloc[real], rows], ignore_index=True))
+    for suffix, images in (("", fake), ("_true", truth)):
+        for key, hits in probes.score(images, rows).items():
+            metrics[f"{PREFIX}/{key}{suffix}"] = float(hits.mean())
+    # FID against the true patches of the same rows, per cancer type, in the run's feature spaces
+    modules, notes = feature_spaces(probe, cfg, encoder, ctx.device)
+    labels = rows["cancer_type"].astype(str).to_numpy()
+    for module in modules:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallSampleWarning)
+            result = fid_per_class(module, truth, fake, labels, cfg=cfg, seed=ctx.seed, space=module.space)
+        notes += result.warnings
+        metrics.update({f"{PREFIX}/{k}": v for k, v in result.metrics().items()})
+    log.info("counterfactual cells: %d rows over %d cells; class fidelity %.2f (true patches %.2f), site fidelity "
+             "%.2f (true %.2f)", len(rows), metrics[f"{PREFIX}/cells"], metrics[f"{PREFIX}/class_fidelity"],
+             metrics[f"{PREFIX}/class_fidelity_true"], metrics[f"{PREFIX}/site_fidelity"],
+             metrics[f"{PREFIX}/site_fidelity_true"])
+    ctx.report[PREFIX] = {"rows": len(rows), "attributes": attributes, "notes": notes}
+    return metrics
