@@ -54,7 +54,7 @@ def conditions(train: Split, classes: list[str], attributes: list[str], per_clas
     plan = generation_plan(real, classes, attributes, "fill", ratio, seed)
     if len(plan):
         plan = plan.copy()  # a class with more than its share of cells is capped at per_class
-        for ct, rows in plan.groupby("cancer_type").groups.items():
+        for rows in plan.groupby("cancer_type").groups.values():
             over = int(plan.loc[rows, "n"].sum()) - per_class
             if over > 0:
                 n = plan.loc[rows, "n"].to_numpy().astype(float)
