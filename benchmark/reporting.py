@@ -199,9 +199,16 @@ class Row:
         """Mean over the row's replicates with its 95% t interval, kept inside the range the metric cannot leave."""
         return stats.replicate_estimate([_value(r, key) for r in self.runs], bounds=metric_bounds(key))
 
-    def by_replicate(self, key: str) -> dict[tuple[int, int], float]:
-        """(replicate seed, split seed) -> value: what pairs two methods' runs (same split, same seeds)."""
-        return {(_seed(r), int(replicate_of(r)["seeds"].get("split", 0))): _value(r, key) for r in self.runs}
+    def by_replicate(self, key: str) -> dict[tuple[int, int, int], float]:
+        """(replicate seed, cohort, split seed) -> value: what pairs two methods' runs (the same cohort, split and
+        seeds). The cohort is the generator world the replicate drew (records older than seeds.cohort: the data's
+        generator seed); 0 on a fixed cohort."""
+        def pair(r: dict) -> tuple[int, int, int]:
+            rep = replicate_of(r)
+            cohort = rep.get("cohort_world", (r.get("config") or {}).get("data", {}).get("generator_seed", 0))
+            return _seed(r), int(cohort or 0), int(rep["seeds"].get("split", 0))
+
+        return {pair(r): _value(r, key) for r in self.runs}
 
 
 @dataclass

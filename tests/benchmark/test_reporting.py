@@ -585,3 +585,29 @@ def test_rows_name_parameters_that_differ_from_the_method_defaults(tmp_path):
     records += [_record("nsclc", "none", 0, {"test_unseen/balanced_accuracy": 0.6}, tmp_path / "y")]
     (section,) = R.render(records, "r").sections
     assert [r.label for r in section.rows] == ["none", f"medi (steps={default_steps + 1})"]
+
+
+def test_leaderboard_intervals_stay_inside_the_metrics_range():
+    from benchmark.reporting import Row
+
+    row = Row("m", "m", [{"metrics": {"test_unseen/worst_group_accuracy": v, "test_unseen/shortcut_gap": g,
+                                      "fid/fbank/mean": f}}
+                         for v, g, f in ((1.0, -0.95, 0.1), (0.97, -0.99, 0.05), (0.75, -0.6, 3.0))])
+    acc = row.stat("test_unseen/worst_group_accuracy")
+    assert acc.high == 1.0 and acc.low > 0
+    gap = row.stat("test_unseen/shortcut_gap")
+    assert gap.low == -1.0
+    fid = row.stat("fid/fbank/mean")
+    assert fid.low == 0.0 and math.isfinite(fid.high)
+
+
+def test_runs_pair_only_within_one_cohort():
+    from benchmark.reporting import Row
+
+    def rec(seed, world):
+        return {"seed": seed, "metrics": {"m": 0.5},
+                "replicate": {"seed": seed, "seeds": {"cohort": seed, "split": seed}, "cohort_world": world}}
+
+    a = Row("a", "a", [rec(0, 0), rec(1, 1)])
+    b = Row("b", "b", [rec(0, 0), rec(1, 7)])  # seed 1 drew another world (data.generator_seed differed)
+    assert set(a.by_replicate("m")) & set(b.by_replicate("m")) == {(0, 0, 0)}
