@@ -9,6 +9,7 @@ runs, checkpoints or MLflow store:
   per-group and confusion CSVs and ``predictions.csv.gz`` (a reader can recompute any metric), and, for the
   lowest seed of each (task, method), ``samples.npz`` cut down to the largest sites (the leaderboard's sample grid);
 - ``results.jsonl``: one line per record, in job order;
+- ``endpoints.toml``: the protocol the sweep declared before its first job (when it declared one);
 - ``MANIFEST.json``: the command, the commit of the tree and of each record, the host, the sum of the runs'
   durations, the trained generative models' training times, and a SHA-256 of every copied file.
 
@@ -122,6 +123,17 @@ def freeze(jobs: Sequence, dest: Path, command: str, commit: str, allow_dirty: b
             entries.append({"name": rec.get("name"), "run_id": rec.get("run_id"), "git_commit": rec.get("git_commit"),
                             "duration_s": rec.get("duration_s"), "started": rec.get("started")})
         (tmp / "results.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # the protocol the sweep declared before its first job travels with its records (report tests that one)
+        from benchmark.endpoints import DECLARED_NAME
+
+        declared = sorted({job.run_dir.parents[3] / DECLARED_NAME for job, _ in records
+                           if (job.run_dir.parents[3] / DECLARED_NAME).is_file()})
+        if len(declared) > 1:
+            raise FreezeError(f"the runs come from results folders with different declared protocols: "
+                              f"{', '.join(map(str, declared))}")
+        if declared:
+            shutil.copy2(declared[0], tmp / DECLARED_NAME)
+            files[DECLARED_NAME] = _sha256(tmp / DECLARED_NAME)
         hosts = sorted({json.dumps(r.get("host", {}).get("threads")) + " threads, torch "
                         + str(r.get("host", {}).get("torch")) for _, r in records})
         manifest = {

@@ -46,6 +46,9 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
     assert manifest["runs"] == 4 and manifest["grid"]["seeds"] == [0, 1]
     assert manifest["command"].startswith("python -m benchmark sweep --methods none,stain_norm")
     assert manifest["record_commits"] == ["0123456789"] and manifest["one_clean_commit"]
+    # the protocol the sweep declared travels with the records, byte for byte
+    assert (dest / "endpoints.toml").read_bytes() == (out / "endpoints.toml").read_bytes()
+    assert "endpoints.toml" in manifest["sha256"]
     # every copied file is listed with its hash, and nothing big came along
     for rel, digest in manifest["sha256"].items():
         assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == digest
@@ -70,6 +73,7 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
                      cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "4 run records" in report.stdout
+    assert "endpoints declared before the runs (frozen/endpoints.toml)" in (tmp_path / "reports" / "leaderboard.md").read_text()
     html = (tmp_path / "reports" / "leaderboard.html").read_text()
     mean = np.mean([r["metrics"]["test_unseen/balanced_accuracy"] for r in lines if r["method"] == "stain_norm"])
     assert f"{mean:.3f}" in html
