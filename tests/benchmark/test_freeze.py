@@ -73,7 +73,8 @@ def test_freeze_copies_a_finished_sweep_that_the_report_renders_alone(tmp_path):
                      cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "4 run records" in report.stdout
-    assert "endpoints declared before the runs (frozen/endpoints.toml)" in (tmp_path / "reports" / "leaderboard.md").read_text()
+    md = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "endpoints declared before the runs (frozen/endpoints.toml)" in md
     html = (tmp_path / "reports" / "leaderboard.html").read_text()
     mean = np.mean([r["metrics"]["test_unseen/balanced_accuracy"] for r in lines if r["method"] == "stain_norm"])
     assert f"{mean:.3f}" in html
