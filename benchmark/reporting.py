@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import re
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -168,6 +169,15 @@ def replicate_of(rec: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # structure: sections (task x setting) -> rows (method x variant) -> runs (seeds)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])(?:~|/)(?:[\w.+-]+/)+([\w.+-]+)")
+
+
+def machine_free(text: str) -> str:
+    """``text`` with every absolute path cut to its file name: a committed report names no folder of the machine
+    that made it (records keep what their runs wrote, a run's notes included)."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
 def metric_bounds(key: str) -> tuple[float, float] | None:
@@ -1326,7 +1336,8 @@ def _section_context(section: Section, test: str, comparisons: list[stats.Compar
     cfg_preset = fid_config(section.preset)
     return {
         "anchor": section.anchor, "task": section.task, "heading": heading, "description": description,
-        "notices": list(dict.fromkeys(notices)), "tables": tables, "fid": fid_table(section), "fid_ci": cfg_preset.ci,
+        "notices": list(dict.fromkeys(machine_free(n) for n in notices)), "tables": tables,
+        "fid": fid_table(section), "fid_ci": cfg_preset.ci,
         "counterfactual": counterfactual_table(section),
         "worst": worst_groups(section), "group_columns": _group_columns(section.task, section.records),
         "figures": [f for f in figures if f is not forest], "forest": forest,

@@ -611,3 +611,10 @@ def test_runs_pair_only_within_one_cohort():
     a = Row("a", "a", [rec(0, 0), rec(1, 1)])
     b = Row("b", "b", [rec(0, 0), rec(1, 7)])  # seed 1 drew another world (data.generator_seed differed)
     assert set(a.by_replicate("m")) & set(b.by_replicate("m")) == {(0, 0, 0)}
+
+
+def test_notices_name_no_folder_of_the_machine():
+    note = ("copy it to /root/.cache/torch/hub/checkpoints/w.pth; looked at: /home/u/w.pth, "
+            "see https://pypi.org/project/croma/ and reports/README.md")
+    assert R.machine_free(note) == ("copy it to w.pth; looked at: w.pth, see https://pypi.org/project/croma/ and "
+                                    "reports/README.md")
