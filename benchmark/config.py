@@ -182,7 +182,8 @@ PRESETS: dict[str, Preset] = {
         ),
         # 320 patients per class (not 160): with 160 the test_unseen groups held 2-5 patients and the worst-20%
         # groups accuracy was too noisy to detect the oracle (true patches of the missing combinations) at 5
-        # replicates; with 320 its paired SD halved (reports/pilot_controls_2026-12-03)
+        # replicates; with 320 its paired SD halved (unfrozen pilots; at 320 and 10 replicates:
+        # results/2026-12-04_controls)
         Preset(
             "cpu",
             "default without a GPU: 32 px, ~1 M-parameter models; a diffusion model in ~5 min on 2 cores",

@@ -657,8 +657,14 @@ def _finding(c: stats.Comparison) -> str:
                 f"{_fmt_p(c.p_holm)[2:]}).")
     word = _verdict_word(c)
     mde = c.mde()
-    rules = f"; a true difference of {mde:.3f} or more would have been detected with 80% power" \
-        if math.isfinite(mde) else ""
+    bounds = metric_bounds(f"x/{c.metric}")
+    if math.isfinite(mde) and bounds and math.isfinite(bounds[1]) and mde >= bounds[1] - bounds[0]:
+        rules = (f"; the design's minimum detectable effect ({mde:.2f}) exceeds the metric's whole range: no true "
+                 "difference would be detected with 80% power")
+    elif math.isfinite(mde):
+        rules = f"; a true difference of {mde:.3f} or more would have been detected with 80% power"
+    else:
+        rules = ""
     return f"{c.delta:+.3f}{interval}, {word}{rules}."
 
 
@@ -679,7 +685,8 @@ def task_summary(section: Section, comparisons: Sequence[stats.Comparison]) -> s
     if rest:
         mdes = [c.mde() for c in rest if not c.metric.startswith("fid/")]
         mdes = [m for m in mdes if math.isfinite(m)]
-        bound = f" (none larger than {min(mdes):.2f}-{max(mdes):.2f} would have been missed)" if mdes else ""
+        bound = (f" (minimum detectable effects {min(mdes):.2f}-{max(mdes):.2f}: smaller differences are not ruled "
+                 "out)") if mdes else ""
         what = ", ".join(dict.fromkeys(f"{c.a} − {c.b}" for c in rest))
         parts.append(f"no significant difference for {what} on {len(rest)} primary endpoint(s){bound}")
     for c in ctrl:
