@@ -25,8 +25,6 @@ nothing is measured there and the run's report says so.
 from __future__ import annotations
 
 import logging
-import warnings
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -66,16 +64,13 @@ def conditions(train: Split, classes: list[str], attributes: list[str], per_clas
 def evaluate(method: Method, train: Split, ctx: Context, probe, encoder=None) -> dict[str, float]:
     """The ``counterfactual/...`` metrics of a generative method on a task with ground truth ({} elsewhere)."""
     from benchmark.compare import FidelityProbes
-    from benchmark.fid import SmallSampleWarning, feature_spaces, fid_config, fid_per_class
+    from benchmark.fid import fid_in_spaces, method_fid_config
 
     task = ctx.task
     if not getattr(task, "has_ground_truth", False):
         ctx.report[PREFIX] = {"note": "no ground truth on a fixed cohort: counterfactual quality not measured"}
         return {}
-    cfg = fid_config(ctx.preset)
-    cap = getattr(method.params, "fid_max_per_class", None)
-    if cap is not None:
-        cfg = replace(cfg, max_per_class=int(cap))
+    cfg = method_fid_config(method, ctx.preset)
     attributes = [c for c in task.group_columns if c != "cancer_type"]
     rows = conditions(train, list(task.classes), attributes, cfg.max_per_class, ctx.seed)
     if len(rows) < 2:
@@ -96,13 +91,8 @@ def evaluate(method: Method, train: Split, ctx: Context, probe, encoder=None) ->
         for key, hits in probes.score(images, rows).items():
             metrics[f"{PREFIX}/{key}{suffix}"] = float(hits.mean())
     # FID against the true patches of the same rows, per cancer type, in the run's feature spaces
-    modules, notes = feature_spaces(probe, cfg, encoder, ctx.device)
-    labels = rows["cancer_type"].astype(str).to_numpy()
-    for module in modules:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SmallSampleWarning)
-            result = fid_per_class(module, truth, fake, labels, cfg=cfg, seed=ctx.seed, space=module.space)
-        notes += result.warnings
+    results, notes = fid_in_spaces(truth, fake, rows["cancer_type"].astype(str).to_numpy(), probe, cfg, ctx, encoder)
+    for result in results:
         metrics.update({f"{PREFIX}/{k}": v for k, v in result.metrics().items()})
     log.info("counterfactual cells: %d rows over %d cells; class fidelity %.2f (true patches %.2f), site fidelity "
              "%.2f (true %.2f)", len(rows), metrics[f"{PREFIX}/cells"], metrics[f"{PREFIX}/class_fidelity"],

@@ -465,6 +465,28 @@ def feature_spaces(
     return modules, notes
 
 
+def method_fid_config(method: Method, preset: str, cfg: FidConfig | None = None) -> FidConfig:
+    """``cfg`` (default: the preset's FID settings), with the method's own ``fid_max_per_class`` cap when it
+    declares one (e.g. ``--set method.fid_max_per_class=...``)."""
+    cfg = cfg or fid_config(preset)
+    cap = getattr(method.params, "fid_max_per_class", None)
+    return cfg if cap is None else replace(cfg, max_per_class=int(cap))
+
+
+def fid_in_spaces(real: np.ndarray, fake: np.ndarray, labels: np.ndarray, probe: ProbeConfig, cfg: FidConfig,
+                  ctx: Context, encoder: Encoder | None = None) -> tuple[list[SpaceResult], list[str]]:
+    """FID per cancer type between ``real`` and ``fake`` (rows labelled by ``labels``) in every feature space of
+    the run, and the notes: spaces left out, then each space's small-sample warnings."""
+    modules, notes = feature_spaces(probe, cfg, encoder, ctx.device)
+    results = []
+    for module in modules:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallSampleWarning)  # collected in result.warnings instead
+            results.append(fid_per_class(module, real, fake, labels, cfg=cfg, seed=ctx.seed, space=module.space))
+        notes += results[-1].warnings
+    return results, notes
+
+
 def evaluate_method(
     method: Method,
     split: Split,
@@ -480,10 +502,7 @@ def evaluate_method(
     synthetic and real images share class, site and demographics.
     Notes on left-out spaces and small samples go into ``ctx.report["fid"]``.
     """
-    cfg = cfg or fid_config(ctx.preset)
-    cap = getattr(method.params, "fid_max_per_class", None)  # a method may declare its own (e.g. --set method.…)
-    if cap is not None:
-        cfg = replace(cfg, max_per_class=int(cap))
+    cfg = method_fid_config(method, ctx.preset, cfg)
     # 1. the rows to compare: capped per class, seeded
     rows = select_conditions(split.metadata, cfg.max_per_class, ctx.seed)
     conditions = split.metadata.iloc[rows].reset_index(drop=True)
@@ -495,19 +514,15 @@ def evaluate_method(
     # 3. the real images of the same rows
     real = split.subset(rows).load().images
     # 4. every feature space: per cancer type, bootstrap interval, mean
-    modules, notes = feature_spaces(probe, cfg, encoder, ctx.device)
+    results, notes = fid_in_spaces(real, fake, conditions["cancer_type"].astype(str).to_numpy(), probe, cfg, ctx,
+                                   encoder)
     metrics: dict[str, float] = {}
-    labels = conditions["cancer_type"].astype(str).to_numpy()
-    for module in modules:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SmallSampleWarning)  # collected in result.warnings instead
-            result = fid_per_class(module, real, fake, labels, cfg=cfg, seed=ctx.seed, space=module.space)
+    for result in results:
         for note in result.warnings:  # on the smoke preset, small samples are the point: its notice says so
             log.log(logging.DEBUG if ctx.preset == "smoke" else logging.WARNING, "%s", note)
-        notes += result.warnings
         metrics.update(result.metrics())
         log.info("FID [%s] mean %.3f (%s)", result.space, result.mean["fid"],
                  ", ".join(f"{ct} {r['fid']:.3f} n={int(r['n_real'])}" for ct, r in result.per_class.items()))
-    ctx.report["fid"] = {"spaces": [m.space for m in modules], "notes": notes, "max_per_class": cfg.max_per_class,
+    ctx.report["fid"] = {"spaces": [r.space for r in results], "notes": notes, "max_per_class": cfg.max_per_class,
                          "bootstrap": cfg.bootstrap, "ci": cfg.ci}
     return metrics

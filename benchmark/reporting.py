@@ -657,7 +657,7 @@ def _finding(c: stats.Comparison) -> str:
                 f"{_fmt_p(c.p_holm)[2:]}).")
     word = _verdict_word(c)
     mde = c.mde()
-    bounds = metric_bounds(f"x/{c.metric}")
+    bounds = metric_bounds(c.metric)
     if math.isfinite(mde) and bounds and math.isfinite(bounds[1]) and mde >= bounds[1] - bounds[0]:
         rules = (f"; the design's minimum detectable effect ({mde:.2f}) exceeds the metric's whole range: no true "
                  "difference would be detected with 80% power")

@@ -74,6 +74,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def smoke_nsclc():
+    """(task, splits) of nsclc on the smoke preset's embedded data."""
+    from benchmark.config import PRESETS
+    from benchmark.registry import TASKS, load_plugins
+
+    load_plugins()
+    preset = PRESETS["smoke"]
+    task = TASKS.get("nsclc")(preset.data, preset.split, None)
+    return task, task.splits(0)
+
+
 @pytest.fixture
 def cli():
     return run_cli

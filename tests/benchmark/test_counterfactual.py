@@ -17,14 +17,6 @@ from benchmark.registry import METHODS, TASKS, load_plugins
 KEY = ["cancer_type", "tissue_source_site", "race"]
 
 
-@pytest.fixture(scope="module")
-def nsclc():
-    load_plugins()
-    preset = PRESETS["smoke"]
-    task = TASKS.get("nsclc")(preset.data, preset.split, None)
-    return task, task.splits(0)
-
-
 def _ctx(task, tmp_path: Path) -> Context:
     return Context(device="cpu", preset="smoke", seed=0, task=task, run_dir=tmp_path, cache_dir=tmp_path,
                    progress=False)
@@ -52,8 +44,8 @@ class _Truth(Method):
         return ctx.task.true_patches(rows, ctx.seed, 7)
 
 
-def test_conditions_are_exactly_the_missing_combinations_capped_per_class(nsclc):
-    task, splits = nsclc
+def test_conditions_are_exactly_the_missing_combinations_capped_per_class(smoke_nsclc):
+    task, splits = smoke_nsclc
     train = splits["train"]
     rows = counterfactual.conditions(train, list(task.classes), ["tissue_source_site", "race"], 10, seed=0)
     seen = set(map(tuple, train.metadata[KEY].astype(str).to_numpy()))
@@ -67,8 +59,8 @@ def test_conditions_are_exactly_the_missing_combinations_capped_per_class(nsclc)
     pd.testing.assert_frame_equal(rows, again)
 
 
-def test_true_patches_are_deterministic_per_salt_and_new_tissue(nsclc):
-    task, splits = nsclc
+def test_true_patches_are_deterministic_per_salt_and_new_tissue(smoke_nsclc):
+    task, splits = smoke_nsclc
     rows = splits["train"].metadata.iloc[:6]
     a, b = task.true_patches(rows, 0, 1), task.true_patches(rows, 0, 1)
     c = task.true_patches(rows, 0, 2)
@@ -79,8 +71,8 @@ def test_true_patches_are_deterministic_per_salt_and_new_tissue(nsclc):
     assert not any(bytes(img) in real for img in a)
 
 
-def test_the_truth_scores_at_its_own_ceiling_and_a_class_ignoring_generator_does_not(nsclc, tmp_path):
-    task, splits = nsclc
+def test_the_truth_scores_at_its_own_ceiling_and_a_class_ignoring_generator_does_not(smoke_nsclc, tmp_path):
+    task, splits = smoke_nsclc
     ctx = _ctx(task, tmp_path)
     truth = counterfactual.evaluate(_Truth(), splits["train"], ctx, PRESETS["smoke"].probe)
     swapped = counterfactual.evaluate(_Truth(swap=True), splits["train"], _ctx(task, tmp_path),
@@ -97,8 +89,8 @@ def test_the_truth_scores_at_its_own_ceiling_and_a_class_ignoring_generator_does
     assert ctx.report["counterfactual"]["attributes"] == ["tissue_source_site", "race"]
 
 
-def test_oracle_uses_the_tasks_ground_truth(nsclc, tmp_path):
-    task, splits = nsclc
+def test_oracle_uses_the_tasks_ground_truth(smoke_nsclc, tmp_path):
+    task, splits = smoke_nsclc
     ctx = _ctx(task, tmp_path)
     oracle = METHODS.get("oracle")(METHODS.get("oracle").default_params("smoke"))
     oracle.fit(splits["train"], ctx)

@@ -18,16 +18,6 @@ from methods.diffusion import DiffusionModel, DiffusionParams, Vocabulary, loss_
 from tests.conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def smoke_nsclc():
-    from benchmark.config import PRESETS
-    from benchmark.registry import TASKS, load_plugins
-
-    load_plugins()
-    task = TASKS.get("nsclc")(PRESETS["smoke"].data, PRESETS["smoke"].split, None)
-    return task, task.splits(0)
-
-
 def _curve(values, measure="fid"):
     return [{"step": 10 * (i + 1), "seconds": 60.0 * (i + 1), measure: v} for i, v in enumerate(values)]
 
