@@ -39,6 +39,8 @@ PREFIX = "counterfactual"
 TRUTH_SALT = 63
 #: the salt of the second draw of true patches the fidelity probes learn from
 JUDGE_SALT = 62
+#: the draws (truth, probe patches) that choose a method's settings (python -m benchmark guidance): never the above
+VALIDATION_SALTS = (60, 61)
 
 
 def conditions(train: Split, classes: list[str], attributes: list[str], per_class: int, seed: int) -> pd.DataFrame:
@@ -61,42 +63,65 @@ def conditions(train: Split, classes: list[str], attributes: list[str], per_clas
     return expand_plan(plan, real, PREFIX, seed)
 
 
+class Judge:
+    """The ground truth of one training split's counterfactual cells: the rows to generate, true patches of them,
+    and fidelity probes trained on the real training patches plus a second draw of true patches.
+
+    ``salts``: the draws of (truth, probe patches). A run's metrics use (``TRUTH_SALT``, ``JUDGE_SALT``); choosing
+    a method's settings on them would tune to the reported truth, so the guidance frontier judges on its own draws
+    (``VALIDATION_SALTS``), as a validation set."""
+
+    def __init__(self, train: Split, task, per_class: int, seed: int,
+                 salts: tuple[int, int] = (TRUTH_SALT, JUDGE_SALT)):
+        from benchmark.compare import FidelityProbes
+
+        self.attributes = [c for c in task.group_columns if c != "cancer_type"]
+        self.rows = conditions(train, list(task.classes), self.attributes, per_class, seed)
+        self.cells = len(self.rows.drop_duplicates(["cancer_type", *self.attributes])) if len(self.rows) else 0
+        if len(self.rows) < 2:
+            return
+        self.truth = task.true_patches(self.rows, seed, salts[0])
+        meta = train.metadata
+        real = np.flatnonzero(~meta["is_synthetic"].astype(bool).to_numpy())
+        judge = task.true_patches(self.rows, seed, salts[1])
+        self.probes = FidelityProbes(np.concatenate([np.asarray(train.subset(real).load().images), judge]),
+                                     pd.concat([meta.iloc[real], self.rows], ignore_index=True))
+        self.true_fidelity = {f"{PREFIX}/{key}_true": float(hits.mean())
+                              for key, hits in self.probes.score(self.truth, self.rows).items()}
+
+    def score(self, fake: np.ndarray, probe, fid_cfg, ctx: Context, encoder=None) -> tuple[dict[str, float], list]:
+        """The ``counterfactual/...`` metrics of ``fake`` (one patch per row of ``rows``) and the FID's notes."""
+        from benchmark.fid import fid_in_spaces
+
+        metrics: dict[str, float] = {f"{PREFIX}/n": float(len(self.rows)), f"{PREFIX}/cells": float(self.cells)}
+        for key, hits in self.probes.score(fake, self.rows).items():
+            metrics[f"{PREFIX}/{key}"] = float(hits.mean())
+        metrics.update(self.true_fidelity)
+        # FID against the true patches of the same rows, per cancer type, in the run's feature spaces
+        results, notes = fid_in_spaces(self.truth, fake, self.rows["cancer_type"].astype(str).to_numpy(), probe,
+                                       fid_cfg, ctx, encoder)
+        for result in results:
+            metrics.update({f"{PREFIX}/{k}": v for k, v in result.metrics().items()})
+        return metrics, notes
+
+
 def evaluate(method: Method, train: Split, ctx: Context, probe, encoder=None) -> dict[str, float]:
     """The ``counterfactual/...`` metrics of a generative method on a task with ground truth ({} elsewhere)."""
-    from benchmark.compare import FidelityProbes
-    from benchmark.fid import fid_in_spaces, method_fid_config
+    from benchmark.fid import method_fid_config
 
     task = ctx.task
     if not getattr(task, "has_ground_truth", False):
         ctx.report[PREFIX] = {"note": "no ground truth on a fixed cohort: counterfactual quality not measured"}
         return {}
     cfg = method_fid_config(method, ctx.preset)
-    attributes = [c for c in task.group_columns if c != "cancer_type"]
-    rows = conditions(train, list(task.classes), attributes, cfg.max_per_class, ctx.seed)
-    if len(rows) < 2:
+    judge = Judge(train, task, cfg.max_per_class, ctx.seed)
+    if len(judge.rows) < 2:
         ctx.report[PREFIX] = {"note": "the training split has every combination: no counterfactual cells"}
         return {}
-    fake = np.asarray(method.synthesize(rows, ctx))
-    truth = task.true_patches(rows, ctx.seed, TRUTH_SALT)
-    metrics: dict[str, float] = {f"{PREFIX}/n": float(len(rows)),
-                                 f"{PREFIX}/cells": float(len(rows.drop_duplicates(["cancer_type", *attributes])))}
-    # fidelity: probes trained on the real training patches and a second draw of true patches of the same cells (a
-    # judge for which site does not stand in for class), on the method's patches and on the true ones
-    meta = train.metadata
-    real = np.flatnonzero(~meta["is_synthetic"].astype(bool).to_numpy())
-    judge = task.true_patches(rows, ctx.seed, JUDGE_SALT)
-    probes = FidelityProbes(np.concatenate([np.asarray(train.subset(real).load().images), judge]),
-                            pd.concat([meta.iloc[real], rows], ignore_index=True))
-    for suffix, images in (("", fake), ("_true", truth)):
-        for key, hits in probes.score(images, rows).items():
-            metrics[f"{PREFIX}/{key}{suffix}"] = float(hits.mean())
-    # FID against the true patches of the same rows, per cancer type, in the run's feature spaces
-    results, notes = fid_in_spaces(truth, fake, rows["cancer_type"].astype(str).to_numpy(), probe, cfg, ctx, encoder)
-    for result in results:
-        metrics.update({f"{PREFIX}/{k}": v for k, v in result.metrics().items()})
+    metrics, notes = judge.score(np.asarray(method.synthesize(judge.rows, ctx)), probe, cfg, ctx, encoder)
     log.info("counterfactual cells: %d rows over %d cells; class fidelity %.2f (true patches %.2f), site fidelity "
-             "%.2f (true %.2f)", len(rows), metrics[f"{PREFIX}/cells"], metrics[f"{PREFIX}/class_fidelity"],
+             "%.2f (true %.2f)", len(judge.rows), judge.cells, metrics[f"{PREFIX}/class_fidelity"],
              metrics[f"{PREFIX}/class_fidelity_true"], metrics[f"{PREFIX}/site_fidelity"],
              metrics[f"{PREFIX}/site_fidelity_true"])
-    ctx.report[PREFIX] = {"rows": len(rows), "attributes": attributes, "notes": notes}
+    ctx.report[PREFIX] = {"rows": len(judge.rows), "attributes": judge.attributes, "notes": notes}
     return metrics

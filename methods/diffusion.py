@@ -72,7 +72,11 @@ class DiffusionParams:
     # conditioning
     attributes: tuple[str, ...] = ("tissue_source_site", "race")  # () = class only (cls)
     cond_mode: str = "concat"  # concat | additive | linear
-    cond_dropout: float = 0.0  # > 0 trains for classifier-free guidance (each condition dropped with this rate)
+    # condition dropout for classifier-free guidance (off in the paper): during training the class is replaced by
+    # its learned null token with probability class_dropout and each metadata attribute, independently, with
+    # probability meta_dropout, so one network learns p(x | class, metadata), p(x | class), p(x | metadata) and p(x)
+    class_dropout: float = 0.0
+    meta_dropout: float = 0.0
     # UNet
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # UNet channels per resolution level (one level per entry)
     layers_per_block: int = 1  # resnet layers in each down / up block
@@ -120,9 +124,17 @@ class DiffusionParams:
     # (python -m benchmark perf --preset cpu --stages sampling); the gpu and paper presets keep the paper's DDIM-50
     sampler: str = "dpmpp"  # ddim (the paper's) | dpmpp (DPM-Solver++)
     sampling_steps: int = tunable(20, low=10, high=50)
-    # classifier-free guidance; 1 = off (the paper). Only meaningful for a model trained with cond_dropout > 0
-    # (validate() rejects it otherwise), so tune searches it only when cond_dropout > 0 (requires=...)
-    guidance_scale: float = tunable(1.0, low=1.0, high=3.0, requires="cond_dropout")
+    # classifier-free guidance at sampling (off in the paper; needs a model trained with condition dropout):
+    # joint: eps = eps(0) + guidance_scale * (eps(class, meta) - eps(0)); 1 = the plain conditional model, one pass
+    # composed (Composable Diffusion, Liu et al. 2022): one direction per concept, each with its own weight,
+    #   eps = eps(0) + class_guidance * (eps(class) - eps(0)) + meta_guidance * (eps(meta) - eps(0)),
+    # three passes per step. On a combination the training data lacks, the joint conditional has never seen the
+    # pair; the composed form asks for "this class" and "this site" separately, the product of two experts each
+    # of which has seen its own condition (the frontier: python -m benchmark guidance)
+    guidance: str = "joint"
+    guidance_scale: float = tunable(1.0, low=1.0, high=3.0, requires="class_dropout")
+    class_guidance: float = 1.0
+    meta_guidance: float = 1.0
     sample_batch_size: int = 64  # the fastest on a 2-core CPU (310 img/s per UNet call at 32-64, 220 at 128)
     plan: str = "fill"  # fill (counterfactual combinations, the paper's OOD mode) | balance
     synthetic_ratio: float = tunable(1.0, low=0.25, high=2.0)  # synthetic patches per real training patch
@@ -130,7 +142,8 @@ class DiffusionParams:
 
 
 SAMPLING_FIELDS = frozenset(
-    {"sampler", "sampling_steps", "guidance_scale", "sample_batch_size", "plan", "synthetic_ratio",
+    {"sampler", "sampling_steps", "guidance", "guidance_scale", "class_guidance", "meta_guidance",
+     "sample_batch_size", "plan", "synthetic_ratio",
      "fid_max_per_class", "preview_every"}
 )
 
@@ -195,9 +208,18 @@ def validate(p: DiffusionParams) -> None:
         (all(c % p.norm_num_groups == 0 for c in p.block_out_channels), "method.norm_num_groups", p.norm_num_groups,
          f"a divisor of every block_out_channels entry {p.block_out_channels}"),
         (p.steps > 0 and p.batch_size > 0, "method.steps/batch_size", (p.steps, p.batch_size), "> 0"),
-        (0.0 <= p.cond_dropout < 1.0, "method.cond_dropout", p.cond_dropout, "in [0, 1)"),
-        (p.guidance_scale == 1.0 or p.cond_dropout > 0, "method.guidance_scale", p.guidance_scale,
-         "1.0 unless the model was trained with method.cond_dropout > 0"),
+        (0.0 <= p.class_dropout < 1.0, "method.class_dropout", p.class_dropout, "in [0, 1)"),
+        (0.0 <= p.meta_dropout < 1.0, "method.meta_dropout", p.meta_dropout, "in [0, 1)"),
+        (p.guidance in ("joint", "composed"), "method.guidance", p.guidance, "joint or composed"),
+        (p.guidance != "joint" or p.guidance_scale == 1.0 or (p.class_dropout > 0 and
+                                                              (p.meta_dropout > 0 or not p.attributes)),
+         "method.guidance_scale", p.guidance_scale,
+         "1.0 unless the model was trained with method.class_dropout > 0 and method.meta_dropout > 0 (the "
+         "unconditional prediction guidance starts from)"),
+        (p.guidance != "composed" or (p.attributes and p.class_dropout > 0 and p.meta_dropout > 0),
+         "method.guidance", p.guidance,
+         "joint unless the model conditions on metadata (medi) and was trained with method.class_dropout > 0 and "
+         "method.meta_dropout > 0 (composed guidance needs p(x | class) and p(x | metadata))"),
         (p.sampling_steps >= 1, "method.sampling_steps", p.sampling_steps, ">= 1"),
         (p.synthetic_ratio >= 0, "method.synthetic_ratio", p.synthetic_ratio, ">= 0"),
     ]
@@ -208,6 +230,17 @@ def validate(p: DiffusionParams) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # conditioning
+
+
+def guidance_mix(p: DiffusionParams) -> list[tuple[bool, bool, float]]:
+    """The noise prediction at sampling as a weighted sum of predictions under condition variants: a list of (keep
+    the class, keep the metadata, weight). The weights sum to 1, so an unguided model is [(True, True, 1.0)]."""
+    if p.guidance == "composed":
+        wc, wm = p.class_guidance, p.meta_guidance
+        return [(False, False, 1.0 - wc - wm), (True, False, wc), (False, True, wm)]
+    if p.guidance_scale != 1.0:
+        return [(True, True, p.guidance_scale), (False, False, 1.0 - p.guidance_scale)]
+    return [(True, True, 1.0)]
 
 
 def concat_widths(d_t: int, k: int) -> list[int]:
@@ -404,6 +437,11 @@ class DiffusionModel:
         }
         return labels, codes
 
+    def masked_codes(self, labels: np.ndarray, codes: dict[str, np.ndarray], keep_class: bool, keep_meta: bool):
+        """``labels`` and ``codes`` with the class (metadata) replaced by the null tokens unless kept."""
+        dl, dc = self.dropped_codes(len(labels))
+        return (labels if keep_class else dl), (codes if keep_meta else dc)
+
     def z_cond(self, labels, codes, device):
         import torch
 
@@ -483,7 +521,7 @@ class DiffusionModel:
         if n == 0:
             return out
         labels, codes = self.codes(meta)
-        guided = p.guidance_scale != 1.0
+        mix = guidance_mix(p)
         precision = resolve_mixed_precision(p.mixed_precision, device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         for m in self.modules():
@@ -497,21 +535,20 @@ class DiffusionModel:
                 b = stop - start
                 gen = torch.Generator("cpu").manual_seed(seed * 7919 + start)
                 x = torch.randn((b, 3, self.image_size, self.image_size), generator=gen).to(device)
-                z = self.z_cond(labels[start:stop], {a: v[start:stop] for a, v in codes.items()}, device)
-                if guided:
-                    dl, dc = self.dropped_codes(b)
-                    z = torch.cat([z, self.z_cond(dl, dc, device)])
+                lab, cod = labels[start:stop], {a: v[start:stop] for a, v in codes.items()}
+                # one UNet call per step for every condition variant of the guidance mix (stacked on the batch)
+                z = torch.cat([self.z_cond(*self.masked_codes(lab, cod, keep_class, keep_meta), device)
+                               for keep_class, keep_meta, _ in mix])
+                coefs = [w for _, _, w in mix]
                 sched = self.scheduler(p.sampler)
                 sched.set_timesteps(p.sampling_steps, device=device)
                 for t in sched.timesteps:
-                    xin = torch.cat([x, x]) if guided else x
+                    xin = torch.cat([x] * len(mix))
                     with torch.autocast(device_type=device if device != "mps" else "cpu", dtype=dtype,
                                         enabled=dtype is not None):
-                        eps = self.predict(xin, t, z).float()
-                    if guided:
-                        cond, uncond = eps.chunk(2)
-                        eps = uncond + p.guidance_scale * (cond - uncond)
-                    x = sched.step(eps, t, x).prev_sample
+                        out_all = self.predict(xin, t, z).float()
+                    eps = sum(w * part for w, part in zip(coefs, out_all.chunk(len(mix)), strict=True))
+                x = sched.step(eps, t, x).prev_sample
                 pixels = (self.to_pixel_space(x).clamp(-1, 1) + 1) * 127.5
                 img = pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 out[start:stop] = img
@@ -578,8 +615,10 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
             x[flip] = x[flip].flip(3)
         lab = labels[idx.numpy()]
         cod = {a: v[idx.numpy()] for a, v in codes.items()}
-        if p.cond_dropout > 0:  # classifier-free guidance: drop each condition independently
-            drop = torch.rand(1 + len(cod), p.batch_size, generator=g).numpy() < p.cond_dropout
+        if p.class_dropout > 0 or p.meta_dropout > 0:  # classifier-free guidance: each condition dropped on its own
+            u = torch.rand(1 + len(cod), p.batch_size, generator=g).numpy()
+            rates = np.array([p.class_dropout] + [p.meta_dropout] * len(cod))[:, None]
+            drop = u < rates
             lab = np.where(drop[0], drop_labels[: p.batch_size], lab)
             cod = {a: np.where(drop[i + 1], drop_codes[a][: p.batch_size], v) for i, (a, v) in enumerate(cod.items())}
         noise = torch.randn(x.shape, generator=g)
@@ -640,7 +679,8 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
         saved = model.params
         try:
             with ema_weights():
-                model.params = replace(saved, sampler="dpmpp", sampling_steps=10, guidance_scale=1.0)
+                model.params = replace(saved, sampler="dpmpp", sampling_steps=10, guidance="joint",
+                                       guidance_scale=1.0)
                 images = model.sample(preview_rows, ctx.device, seed=0)
         finally:
             model.params = saved

@@ -14,6 +14,8 @@ from benchmark.config import ConfigError, search_space
 from benchmark.runner import build_config
 from tests.conftest import run_cli
 
+GUIDED = ["method.class_dropout=0.1", "method.meta_dropout=0.1"]  # a model trained for guidance
+
 
 @pytest.fixture(autouse=True)
 def local_mlflow(monkeypatch):
@@ -68,8 +70,8 @@ def test_search_space_is_declared_with_the_fields():
     assert medi["method.sampling_steps"].kind == "int"
     # classifier-free guidance only makes sense for a model trained with condition dropout
     assert "method.guidance_scale" not in medi
-    guided = search_space(build_config("medi", "nsclc", "smoke", device="cpu", overrides=["method.cond_dropout=0.1"]))
-    assert guided["method.guidance_scale"].requires == "method.cond_dropout"
+    guided = search_space(build_config("medi", "nsclc", "smoke", device="cpu", overrides=GUIDED))
+    assert guided["method.guidance_scale"].requires == "method.class_dropout"
     assert search_space(build_config("stain_norm", "nsclc", "smoke", device="cpu"))["method.normalizer"].choices == (
         "macenko", "reinhard")
 
@@ -88,13 +90,13 @@ def test_suggest_skips_guidance_without_condition_dropout():
 
     from benchmark.tune import suggest
 
-    base = build_config("medi", "nsclc", "smoke", device="cpu", overrides=["method.cond_dropout=0.1"])
+    base = build_config("medi", "nsclc", "smoke", device="cpu", overrides=GUIDED)
     space = search_space(base)
     trial = optuna.trial.FixedTrial({"probe.C": 1.0, "method.lr": 1e-3, "method.sampling_steps": 20,
                                      "method.guidance_scale": 2.0, "method.synthetic_ratio": 1.0})
     assert suggest(trial, space, base)["method.guidance_scale"] == 2.0
     plain = build_config("medi", "nsclc", "smoke", device="cpu")
-    assert "method.guidance_scale" not in suggest(trial, space, plain)  # the gate reads the config's cond_dropout
+    assert "method.guidance_scale" not in suggest(trial, space, plain)  # the gate reads the config's class_dropout
 
 
 def test_objective_is_validation_only_with_a_balanced_accuracy_fallback():

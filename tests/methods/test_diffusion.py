@@ -21,6 +21,7 @@ from methods.diffusion import (
     MeDi,
     Vocabulary,
     concat_widths,
+    guidance_mix,
     train_diffusion,
     validate,
 )
@@ -162,8 +163,53 @@ def test_bad_params_are_named():
             validate(tiny_params(attributes=bad))
     with pytest.raises(ConfigError, match="method.guidance_scale"):
         validate(tiny_params(guidance_scale=3.0))
+    with pytest.raises(ConfigError, match="method.guidance_scale"):  # no unconditional model without meta dropout
+        validate(tiny_params(guidance_scale=3.0, class_dropout=0.2))
+    validate(tiny_params(guidance_scale=3.0, class_dropout=0.2, meta_dropout=0.2))
+    with pytest.raises(ConfigError, match="method.guidance='composed'"):
+        validate(tiny_params(guidance="composed", class_dropout=0.2))
+    with pytest.raises(ConfigError, match="method.guidance='composed'"):  # cls has no metadata direction
+        validate(replace(CLS.default_params("smoke"), guidance="composed", class_dropout=0.2, meta_dropout=0.2))
+    with pytest.raises(ConfigError, match="method.guidance='both'"):
+        validate(tiny_params(guidance="both"))
+    with pytest.raises(ConfigError, match="method.meta_dropout"):
+        validate(tiny_params(meta_dropout=1.0))
     with pytest.raises(ConfigError, match="norm_num_groups"):
         validate(tiny_params(block_out_channels=(10, 20)))
+
+
+def test_guidance_mix_is_a_weighted_sum_of_condition_variants():
+    assert guidance_mix(tiny_params()) == [(True, True, 1.0)]  # unguided: one pass, the conditional model
+    joint = guidance_mix(tiny_params(guidance_scale=2.5, class_dropout=0.1, meta_dropout=0.1))
+    assert joint == [(True, True, 2.5), (False, False, -1.5)]  # eps(0) + 2.5 (eps(c, m) - eps(0))
+    composed = guidance_mix(tiny_params(guidance="composed", class_guidance=3.0, meta_guidance=1.5))
+    assert composed == [(False, False, -3.5), (True, False, 3.0), (False, True, 1.5)]
+    for mix in (joint, composed):
+        assert sum(w for *_, w in mix) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
+def test_composed_guidance_follows_each_direction_alone(sampler):
+    """With the metadata weight at 0 only the class direction is followed: the site cannot change a sample; with
+    the class weight at 0 the class cannot. An untrained model with random embeddings changes its prediction with
+    every condition, so a wrong mask (a dropped token left in, a kept one dropped) shows."""
+    params = tiny_params(class_dropout=0.2, meta_dropout=0.2, guidance="composed", sampler=sampler, sampling_steps=3)
+    model = model_for(params, TRAIN_META)
+    for emb in [model.cond.class_embedding, *model.cond.attribute_embeddings.values()]:
+        torch.nn.init.normal_(emb.weight, std=3.0)
+
+    def sample(class_guidance, meta_guidance, **cell):
+        model.params = replace(params, class_guidance=class_guidance, meta_guidance=meta_guidance)
+        return model.sample(pd.concat([rows(**cell)] * 2, ignore_index=True), "cpu", seed=3)
+
+    other_site, other_class = dict(tissue_source_site="44"), dict(cancer_type="LUSC")
+    assert np.array_equal(sample(1.0, 0.0), sample(1.0, 0.0, **other_site))
+    assert not np.array_equal(sample(1.0, 0.0), sample(1.0, 0.0, **other_class))
+    assert np.array_equal(sample(0.0, 1.0), sample(0.0, 1.0, **other_class))
+    assert not np.array_equal(sample(0.0, 1.0), sample(0.0, 1.0, **other_site))
+    both = sample(2.0, 1.0)
+    assert not np.array_equal(both, sample(2.0, 1.0, **other_site))
+    assert not np.array_equal(both, sample(2.0, 1.0, **other_class))
 
 
 def test_medi_and_cls_plan_the_same_totals_per_class(smoke_splits, tmp_path):
