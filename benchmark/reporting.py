@@ -37,7 +37,8 @@ CANONICAL_METHODS: tuple[str, ...] = ("none", "stain_norm", "cyclegan", "cls", "
 CONTROL_METHODS: tuple[str, ...] = ("oracle", "duplicate")
 #: How a method's training images are labelled in sample grids.
 SAMPLE_LABELS = {
-    "none": "real", "stain_norm": "stain-normalized", "cyclegan": "CycleGAN", "cls": "CLS", "medi": "MeDi"
+    "none": "real", "stain_norm": "stain-normalized", "cyclegan": "CycleGAN", "cls": "CLS", "medi": "MeDi",
+    "medi_cg": "MeDi-CG",
 }
 TABLE_SPLITS: tuple[str, ...] = ("test_unseen", "test_seen")
 #: (metric key, column title); all higher-is-better.
@@ -449,13 +450,15 @@ def split_table(section: Section, split: str) -> dict:
 
 
 def comparison_pairs(section: Section) -> list[tuple[Row, Row]]:
-    """What the verdict compares: every row against ``none``, and ``medi`` against ``cls`` (the paper's claim)."""
+    """What the verdict compares: every row against ``none``, ``medi`` against ``cls`` (the paper's claim) and the
+    guided variant ``medi_cg`` against ``medi``."""
     base = section.baseline()
     pairs = [(row, base) for row in section.rows if base is not None and row is not base]
-    medis = [r for r in section.rows if r.method == "medi"]
-    clss = [r for r in section.rows if r.method == "cls"]
-    if len(medis) == 1 and len(clss) == 1:
-        pairs.append((medis[0], clss[0]))
+    for a, b in (("medi", "cls"), ("medi_cg", "medi")):
+        first = [r for r in section.rows if r.method == a]
+        second = [r for r in section.rows if r.method == b]
+        if len(first) == 1 and len(second) == 1:
+            pairs.append((first[0], second[0]))
     return pairs
 
 

@@ -212,6 +212,25 @@ def test_composed_guidance_follows_each_direction_alone(sampler):
     assert not np.array_equal(both, sample(2.0, 1.0, **other_class))
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
+def test_sampling_is_the_plain_denoising_loop(sampler):
+    """Known answer: unguided sample() is x_T ~ N(0, I) (the seeded generator), then for every timestep one UNet
+    prediction and one scheduler step, then back to pixels: the loop written out here gives the same pixels."""
+    params = tiny_params(sampler=sampler, sampling_steps=4)
+    model = model_for(params, TRAIN_META)
+    meta = pd.concat([rows(), rows(tissue_source_site="44")], ignore_index=True)
+    got = model.sample(meta, "cpu", seed=5)
+    with torch.no_grad():
+        x = torch.randn((2, 3, 32, 32), generator=torch.Generator("cpu").manual_seed(5 * 7919))
+        z = model.z_cond(*model.codes(meta), "cpu")
+        sched = model.scheduler(sampler)
+        sched.set_timesteps(4)
+        for t in sched.timesteps:
+            x = sched.step(model.predict(x, t, z), t, x).prev_sample
+        want = ((model.to_pixel_space(x).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    assert np.abs(got.astype(int) - want.numpy().astype(int)).max() <= 1
+
+
 def test_medi_and_cls_plan_the_same_totals_per_class(smoke_splits, tmp_path):
     task, splits = smoke_splits
     ctx = make_ctx(task, tmp_path)
