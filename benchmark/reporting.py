@@ -54,6 +54,8 @@ VERDICT_METRICS: tuple[tuple[str, str, int], ...] = (
     ("balanced_accuracy", "balanced accuracy", 1),
     ("worst_group_accuracy", "worst-group accuracy", 1),
     ("worst20_group_accuracy", "worst-20% groups accuracy", 1),
+    # the patches whose site mostly sent the other class: the ones a site shortcut gets wrong (benchmark.metrics)
+    ("misaligned_balanced_accuracy", "misaligned balanced accuracy", 1),
     ("shortcut_gap", "shortcut gap", -1),
 )
 DEFAULT_GROUP_COLUMNS: tuple[str, ...] = ("cancer_type", "tissue_source_site", "race")
@@ -495,7 +497,9 @@ def section_comparisons(section: Section, test: str = "t", split: str = "test_un
     protocol = protocol or endpoints.load()
     pairs = comparison_pairs(section)
     ratio = resplit_ratio(section)
-    keys = [(metric, f"{split}/{metric}") for metric, _, _ in VERDICT_METRICS]
+    named = [metric for metric, _, _ in VERDICT_METRICS]
+    named += [e.metric for e in protocol.endpoints if e.metric not in named and not e.metric.startswith("fid/")]
+    keys = [(metric, f"{split}/{metric}") for metric in dict.fromkeys(named)]
     keys += [(f"fid/{space}", f"fid/{space}/mean") for space in section.fid_spaces()]
     out: list[stats.Comparison] = []
     for metric, key in keys:
@@ -535,6 +539,10 @@ def page_comparisons(sections: Sequence[Section], test: str = "t",
 def verdict_metrics(comparisons: Sequence[stats.Comparison]) -> list[tuple[str, str, int]]:
     """(metric, title, direction) of the metrics ``comparisons`` cover, in the verdict's order; FID last."""
     out = [(m, t, d) for m, t, d in VERDICT_METRICS if any(c.metric == m for c in comparisons)]
+    known = {m for m, _, _ in VERDICT_METRICS}
+    # a user's protocol may declare any other metric of the records (higher taken as better)
+    out += [(m, m.replace("_", " "), 1) for m in dict.fromkeys(c.metric for c in comparisons)
+            if m not in known and not m.startswith("fid/")]
     fids = dict.fromkeys(c.metric for c in comparisons if c.metric.startswith("fid/"))
     return out + [(m, f"FID ({m.split('/', 1)[1]})", -1) for m in fids]
 
@@ -1371,7 +1379,7 @@ def family_statement(protocol: Endpoints, comparisons: Sequence[Sequence[stats.C
             "Holm across tasks"
         lines.append(f"{what} ({len(tested)} comparison(s) with paired runs, {how}, alpha {protocol.alpha:g}): "
                      f"{'; '.join(pairs)}.")
-    lines.append(f"Declared in {where} (SHA-256 {protocol.sha256[:12]}). Every other comparison is exploratory: "
+    lines.append(f"Protocol: {where} (SHA-256 {protocol.sha256[:12]}). Every other comparison is exploratory: "
                  "shown with its 95% interval and its minimum detectable effect (MDE: the smallest true difference "
                  "the design detects with 80% power), never starred.")
     return lines

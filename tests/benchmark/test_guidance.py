@@ -22,16 +22,19 @@ def test_bad_dropouts_are_named(text):
         guidance.parse_dropouts(text)
 
 
-def test_best_point_needs_the_site_and_no_worse_fid():
+def test_the_chosen_point_is_closest_to_the_truth_without_trading_class_for_site():
     table = pd.DataFrame({
-        "class_dropout": [0.0, 0.1, 0.1, 0.1], "meta_dropout": [0.0, 0.1, 0.1, 0.1],
-        "guidance": ["joint", "composed", "composed", "composed"], "label": ["unguided", "a", "b", "c"],
-        "class_fidelity": [0.55, 0.95, 0.85, 0.75], "site_fidelity": [0.6, 0.3, 0.7, 0.8],
-        "fid/filterbank/mean": [2.0, 1.0, 3.0, 1.5],
+        "class_dropout": [0.0, 0.1, 0.1, 0.1, 0.1], "meta_dropout": [0.0, 0.1, 0.1, 0.1, 0.1],
+        "guidance": ["joint", "composed", "composed", "composed", "composed"],
+        "label": ["unguided", "a", "b", "c", "d"],
+        "class_fidelity": [0.60, 0.95, 0.85, 0.70, 0.55], "site_fidelity": [0.50, 0.30, 0.70, 0.60, 0.90],
+        "fid/fbank/mean": [2.0, 0.5, 3.0, 1.5, 0.1],
     })
-    best = guidance.best_point(table)
-    assert best["label"] == "c"  # a loses the site, b the FID
-    assert guidance.best_point(table.assign(site_fidelity=0.1)) is None
+    best, rule = guidance.best_point(table)
+    assert best["label"] == "c" and "both" in rule  # a loses the site, d the class, b is farther than c
+    assert guidance.best_point(table.drop(index=[2, 3]))[0]["label"] == "unguided"  # nothing beats it: itself
+    assert guidance.best_point(table.drop(index=0))[0] is None  # no baseline, no choice
+    assert guidance.meets_target(table.iloc[2]) and not guidance.meets_target(table.iloc[1])
 
 
 def test_frontier_command_trains_samples_judges_and_resumes(tmp_path):
