@@ -84,6 +84,7 @@ class Judge:
         meta = train.metadata
         real = np.flatnonzero(~meta["is_synthetic"].astype(bool).to_numpy())
         judge = task.true_patches(self.rows, seed, salts[1])
+        self.second_draw = judge  # the probes' own true patches: FID between the two draws is the floor
         self.probes = FidelityProbes(np.concatenate([np.asarray(train.subset(real).load().images), judge]),
                                      pd.concat([meta.iloc[real], self.rows], ignore_index=True))
         self.true_fidelity = {f"{PREFIX}/{key}_true": float(hits.mean())

@@ -141,6 +141,11 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
             judge = counterfactual.Judge(train, task, per_class, ctx.seed, counterfactual.VALIDATION_SALTS)
             if len(judge.rows) < 2:
                 raise GuidanceError(f"task {task_name!r}: the training split has every combination, nothing to fill")
+            # the floor: FID between the two draws of true patches (what a perfect generator would score)
+            fid_cfg = replace(fid_config(cfg.preset), max_per_class=per_class)
+            floor, _ = judge.score(judge.second_draw, cfg.probe, fid_cfg, ctx)
+            fid_true = next((v for k, v in floor.items()
+                             if k.startswith("counterfactual/fid/") and k.endswith("/mean")), float("nan"))
         for p in todo:
             params = replace(cfg.method_params, **{k: getattr(p, k) for k in KEYS})
             from methods.diffusion import validate
@@ -149,8 +154,9 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
             method.params = method.model.params = params
             started = time.time()
             fake = np.asarray(method.synthesize(judge.rows, ctx))
-            metrics, _ = judge.score(fake, cfg.probe, replace(fid_config(cfg.preset), max_per_class=per_class), ctx)
+            metrics, _ = judge.score(fake, cfg.probe, fid_cfg, ctx)
             row = {**{k: getattr(p, k) for k in KEYS}, "label": p.label, "seconds": round(time.time() - started, 1),
+                   "fid_true": fid_true,
                    **{k.removeprefix("counterfactual/"): v for k, v in metrics.items()
                       if not any(part in k for part in ("/ci_", "/n_real", "/n_synthetic", "/dim", "/small_n"))}}
             rows.append(row)
@@ -223,6 +229,11 @@ def frontier_png(table: pd.DataFrame, title: str) -> bytes:
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0.3, 1.02)
     ax.legend(fontsize=7, loc="lower left")
+    floor = table["fid_true"].dropna() if "fid_true" in table else pd.Series(dtype=float)
+    if fid and len(floor):
+        axes[0, 1].scatter([floor.iloc[0]], [truth["class_fidelity_true"]], marker="*", s=160, color="black",
+                           label="true patches (a second draw)")
+        axes[0, 1].legend(fontsize=7, loc="lower right")
     if fid:
         axes[0, 1].set_xlabel(f"FID of the unseen cells to true patches ({fid.split('/')[1]}, lower is better)")
         axes[0, 1].set_ylabel("class fidelity (unseen cells)")
@@ -248,8 +259,10 @@ def markdown(table: pd.DataFrame, title: str) -> str:
         lines.append(f"| {r['class_dropout']:g}:{r['meta_dropout']:g} | {r['label']} | {r['class_fidelity']:.3f} | "
                      f"{r['site_fidelity']:.3f} |" + (f" {r[fid]:.3f} |" if fid else ""))
     t = table.iloc[0]
+    floor = table["fid_true"].dropna() if "fid_true" in table else pd.Series(dtype=float)
     lines += ["", f"True patches of the same cells: class fidelity {t['class_fidelity_true']:.3f}, site fidelity "
-              f"{t['site_fidelity_true']:.3f} (the ceiling). Rows judged: {int(t['n'])} over {int(t['cells'])} cells."]
+              f"{t['site_fidelity_true']:.3f}" + (f", FID of a second draw {floor.iloc[0]:.3f}" if len(floor) else "")
+              + f" (the ceiling). Rows judged: {int(t['n'])} over {int(t['cells'])} cells."]
     best, rule = best_point(table)
     if best is None:
         lines.append(f"No point chosen: {rule}.")
