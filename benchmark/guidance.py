@@ -131,7 +131,8 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
         task = TASKS.get(cfg.task)(cfg.task_data(), cfg.split, cache_dir, progress)
         train = task.splits(cfg.seed_for("split"))["train"]
         ctx = Context(device=cfg.device, preset=cfg.preset, seed=cfg.seed_for("sampling"),
-                      model_seed=cfg.seed_for("model"), task=task, run_dir=out, cache_dir=cache_dir,
+                      model_seed=cfg.seed_for("model"), task=task, cache_dir=cache_dir,
+                      run_dir=results_dir / "guidance" / f"{cfg.task}_{cfg.preset}_dropout{c:g}-{m:g}",  # previews
                       progress=progress)
         method = METHODS.get("medi")(cfg.method_params)
         started = time.time()
@@ -219,6 +220,11 @@ def frontier_png(table: pd.DataFrame, title: str) -> bytes:
             for _, r in sel.iterrows():
                 axis.annotate(r["label"].replace("composed ", ""), (r[x_col], r["class_fidelity"]), fontsize=7,
                               xytext=(3, 3), textcoords="offset points")
+    best, _ = best_point(table)
+    if best is not None:  # the chosen point, ringed in both panels
+        for (x_col, axis) in [("site_fidelity", ax)] + ([(fid, axes[0, 1])] if fid else []):
+            axis.scatter([best[x_col]], [best["class_fidelity"]], s=220, facecolors="none", edgecolors="red",
+                         linewidths=1.5, label="chosen")
     truth = table.iloc[0]
     ax.scatter([truth["site_fidelity_true"]], [truth["class_fidelity_true"]], marker="*", s=160, color="black",
                label="true patches (ceiling)")

@@ -16,9 +16,11 @@ from benchmark.protocols import Context
 from benchmark.training import Checkpoints, TrainingError
 from methods.diffusion import (
     CLS,
+    GUIDED,
     DiffusionModel,
     DiffusionParams,
     MeDi,
+    MeDiCG,
     Vocabulary,
     concat_widths,
     guidance_mix,
@@ -273,6 +275,27 @@ def test_smoke_training_samples_in_range_with_metadata_and_is_cached(smoke_split
     a = method.synthesize(syn.iloc[:4], ctx)
     b = again.synthesize(syn.iloc[:4], ctx2)
     assert a.shape == b.shape == (4, 32, 32, 3)
+
+
+def test_medi_cg_is_medi_trained_with_dropout_and_sampled_with_composed_guidance(smoke_splits, tmp_path):
+    """The variant differs from medi in exactly the frontier's chosen fields; medi stays the paper's on every preset
+    (no dropout, no guidance); a medi_cg model trains and augments with three predictions per step."""
+    for preset in ("smoke", "cpu", "gpu", "paper"):
+        medi, cg = MeDi.default_params(preset), MeDiCG.default_params(preset)
+        assert (medi.class_dropout, medi.meta_dropout, medi.guidance, medi.guidance_scale) == (0.0, 0.0, "joint", 1.0)
+        assert replace(medi, **GUIDED) == cg
+        validate(cg)
+    task, splits = smoke_splits
+    ctx = make_ctx(task, tmp_path)
+    method = MeDiCG(MeDiCG.default_params("smoke"))
+    method.fit(splits["train"], ctx)
+    calls = []
+    predict = method.model.predict
+    method.model.predict = lambda x, t, z: calls.append(len(x)) or predict(x, t, z)
+    out = method.augment(splits["train"], ctx)
+    syn = out.metadata[out.metadata["is_synthetic"]]
+    assert len(syn) > 0 and (syn["source"] == "medi_cg").all()
+    assert calls and all(n % 3 == 0 for n in calls)  # unconditional, class-only and metadata-only, stacked
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(smoke_splits, tmp_path):
