@@ -574,7 +574,7 @@ def _heading(line: str) -> str:
 def search_space(cfg: RunConfig) -> dict[str, Search]:
     """Every field of ``cfg`` declared with :func:`tunable`, keyed by its ``--set`` key (``probe.C``,
     ``method.lr``, ...), in declaration order. A field whose ``requires`` sibling is zero in ``cfg`` and not itself
-    searched is left out (e.g. ``method.guidance_scale`` without ``method.cond_dropout`` > 0)."""
+    searched is left out (e.g. ``method.guidance_scale`` without ``method.class_dropout`` > 0)."""
     sections = (("data", cfg.data), ("split", cfg.split), ("probe", cfg.probe), ("seeds", cfg.seeds),
                 ("method", cfg.method_params))
     space: dict[str, Search] = {}

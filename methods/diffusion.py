@@ -75,8 +75,8 @@ class DiffusionParams:
     # condition dropout for classifier-free guidance (off in the paper): during training the class is replaced by
     # its learned null token with probability class_dropout and each metadata attribute, independently, with
     # probability meta_dropout, so one network learns p(x | class, metadata), p(x | class), p(x | metadata) and p(x)
-    class_dropout: float = 0.0
-    meta_dropout: float = 0.0
+    class_dropout: float = 0.0  # rate at which training drops the class to its null token (0: the paper)
+    meta_dropout: float = 0.0  # rate at which training drops each metadata attribute, independently (0: the paper)
     # UNet
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # UNet channels per resolution level (one level per entry)
     layers_per_block: int = 1  # resnet layers in each down / up block
@@ -131,10 +131,10 @@ class DiffusionParams:
     # three passes per step. On a combination the training data lacks, the joint conditional has never seen the
     # pair; the composed form asks for "this class" and "this site" separately, the product of two experts each
     # of which has seen its own condition (the frontier: python -m benchmark guidance)
-    guidance: str = "joint"
-    guidance_scale: float = tunable(1.0, low=1.0, high=3.0, requires="class_dropout")
-    class_guidance: float = 1.0
-    meta_guidance: float = 1.0
+    guidance: str = "joint"  # joint | composed (above)
+    guidance_scale: float = tunable(1.0, low=1.0, high=3.0, requires="class_dropout")  # joint: w (1 = unguided)
+    class_guidance: float = 1.0  # composed: the class direction's weight w_c
+    meta_guidance: float = 1.0  # composed: the metadata direction's weight w_m (site, race, ... together)
     sample_batch_size: int = 64  # the fastest on a 2-core CPU (310 img/s per UNet call at 32-64, 220 at 128)
     plan: str = "fill"  # fill (counterfactual combinations, the paper's OOD mode) | balance
     synthetic_ratio: float = tunable(1.0, low=0.25, high=2.0)  # synthetic patches per real training patch
