@@ -1,3 +1,6 @@
+# The recipe search as it ran on 2026-12-01 (README.md in this folder), kept as a record. The code has moved on
+# since: cfg.data is now cfg.task_data(), and method.cond_dropout became method.class_dropout + method.meta_dropout
+# (H_B_cfg2 here is class_dropout=0.1, meta_dropout=0.1). Each curve is written next to this file.
 import json, sys, time, torch
 from pathlib import Path
 from dataclasses import replace
@@ -31,7 +34,7 @@ cg = {
 }
 ccfg = build_config("cyclegan", "nsclc", "cpu", 0, "cpu", [])
 for name in sys.argv[1:]:
-    out = Path(f"/tmp/ttq/{name}.json")
+    out = Path(__file__).with_name(f"{name}.json")
     if out.exists(): continue
     t = time.time()
     if name.startswith("cg"):
