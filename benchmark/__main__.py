@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the patches against true patches of the same cells from the embedded data's generator: class fidelity, site "
         "fidelity, FID. The judge uses validation draws of true patches, never the ones a run reports. Writes "
         "<out>/frontier.csv (one row per point, as each finishes: the same command resumes, and a wider grid adds "
-        "its new points to the same file), frontier.md and frontier.png (every point of the file). The chosen "
+        "its new points to the same file), frontier.md, frontier.png (every point of the file) and samples.png (true "
+        "patches, today's medi and the chosen point on the same unseen cells). The chosen "
         "point: the lowest FID to the true patches among the settings that keep both the class and the site "
         "fidelity of the unguided model without dropout (today's medi).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -735,6 +736,9 @@ def cmd_guidance(args: argparse.Namespace) -> int:
     title = f"Counterfactual-guidance frontier: {args.task}, {preset} preset, seed {args.seed}"
     atomic_write_text(out / "frontier.md", guidance.markdown(table, title))
     atomic_write_bytes(out / "frontier.png", guidance.frontier_png(table, title))
+    samples = guidance.samples_png(args.task, preset, args.device, args.overrides, args.results, table, args.seed)
+    if samples is not None:
+        atomic_write_bytes(out / "samples.png", samples)
     print(guidance.markdown(table, title))
     print(f"wrote {out / 'frontier.csv'}, frontier.md and frontier.png")
     return 0

@@ -103,17 +103,15 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
     from benchmark import counterfactual
     from benchmark.cache import atomic_write_text
     from benchmark.fid import fid_config
-    from benchmark.protocols import Context
-    from benchmark.registry import METHODS, TASKS
-    from benchmark.runner import build_config, seed_everything
+    from benchmark.registry import TASKS
+    from benchmark.runner import build_config
 
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "frontier.csv"
     done = pd.read_csv(table_path) if table_path.exists() else pd.DataFrame()
     finished = {tuple(r[k] for k in KEYS) for _, r in done.iterrows()} if len(done) else set()
-    cache_dir = results_dir / "cache"
     base = build_config("medi", task_name, preset, seed, device, overrides)
-    if not TASKS.get(base.task)(base.task_data(), base.split, cache_dir, False).has_ground_truth:
+    if not TASKS.get(base.task)(base.task_data(), base.split, results_dir / "cache", False).has_ground_truth:
         raise GuidanceError(f"task {task_name!r} reads a fixed cohort: the frontier needs ground truth (the "
                             "embedded data's generator)")
     rows = done.to_dict("records") if len(done) else []
@@ -125,19 +123,8 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
         todo = [p for p in todo if p.key() not in finished]
         if not todo:
             continue
-        cfg = build_config("medi", task_name, preset, seed, device,
-                           [*overrides, f"method.class_dropout={c}", f"method.meta_dropout={m}"])
-        seed_everything(cfg.seed_for("sampling"))
-        task = TASKS.get(cfg.task)(cfg.task_data(), cfg.split, cache_dir, progress)
-        train = task.splits(cfg.seed_for("split"))["train"]
-        ctx = Context(device=cfg.device, preset=cfg.preset, seed=cfg.seed_for("sampling"),
-                      model_seed=cfg.seed_for("model"), task=task, cache_dir=cache_dir,
-                      run_dir=results_dir / "guidance" / f"{cfg.task}_{cfg.preset}_dropout{c:g}-{m:g}",  # previews
-                      progress=progress)
-        method = METHODS.get("medi")(cfg.method_params)
-        started = time.time()
-        method.fit(train, ctx)
-        log.info("dropout %g:%g: model ready in %.0f s", c, m, time.time() - started)
+        method, ctx, train, cfg = _trained(task_name, preset, device, overrides, results_dir, c, m, seed, progress)
+        task = ctx.task
         if judge is None:  # the same training split for every dropout setting: one judge
             judge = counterfactual.Judge(train, task, per_class, ctx.seed, counterfactual.VALIDATION_SALTS)
             if len(judge.rows) < 2:
@@ -165,6 +152,75 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
                      row["class_fidelity"], row["site_fidelity"])
             atomic_write_text(table_path, pd.DataFrame(rows).to_csv(index=False, float_format="%.4f"))
     return pd.DataFrame(rows)
+
+
+def _trained(task_name: str, preset: str | None, device: str, overrides: list[str], results_dir: Path,
+             class_dropout: float, meta_dropout: float, seed: int, progress: bool):
+    """The MeDi model of one dropout setting (trained now, or from the model cache), its context, training split and
+    config."""
+    from benchmark.protocols import Context
+    from benchmark.registry import METHODS, TASKS
+    from benchmark.runner import build_config, seed_everything
+
+    c, m = class_dropout, meta_dropout
+    cfg = build_config("medi", task_name, preset, seed, device,
+                       [*overrides, f"method.class_dropout={c}", f"method.meta_dropout={m}"])
+    seed_everything(cfg.seed_for("sampling"))
+    cache_dir = results_dir / "cache"
+    task = TASKS.get(cfg.task)(cfg.task_data(), cfg.split, cache_dir, progress)
+    train = task.splits(cfg.seed_for("split"))["train"]
+    ctx = Context(device=cfg.device, preset=cfg.preset, seed=cfg.seed_for("sampling"),
+                  model_seed=cfg.seed_for("model"), task=task, cache_dir=cache_dir,
+                  run_dir=results_dir / "guidance" / f"{cfg.task}_{cfg.preset}_dropout{c:g}-{m:g}",  # previews
+                  progress=progress)
+    method = METHODS.get("medi")(cfg.method_params)
+    started = time.time()
+    method.fit(train, ctx)
+    log.info("dropout %g:%g: model ready in %.0f s", c, m, time.time() - started)
+    return method, ctx, train, cfg
+
+
+def samples_png(task_name: str, preset: str | None, device: str, overrides: list[str], results_dir: Path,
+                table: pd.DataFrame, seed: int = 0, cells_per_class: int = 3, per_cell: int = 4) -> bytes | None:
+    """True patches, today's medi and the chosen point on the same unseen cells (a few per class), side by side;
+    None when nothing is chosen. Models come from the cache the frontier filled (trained again if absent)."""
+    from benchmark import counterfactual
+    from benchmark.reporting import grid_png, mosaic
+
+    best, _ = best_point(table)
+    base = baseline(table)
+    if best is None or base is None:
+        return None
+    shown: list[tuple[str, pd.Series]] = [("medi (unguided, no dropout)", base)]
+    if best["label"] != base["label"] or best["class_dropout"] != base["class_dropout"]:
+        shown.append((f"chosen: dropout {best['class_dropout']:g}:{best['meta_dropout']:g}, {best['label']}", best))
+    images, rows, task, sampling_seed = [], None, None, 0
+    for _, point in shown:
+        method, ctx, train, cfg = _trained(task_name, preset, device, overrides, results_dir,
+                                           float(point["class_dropout"]), float(point["meta_dropout"]), seed, False)
+        if rows is None:
+            task, sampling_seed = ctx.task, ctx.seed
+            every = counterfactual.conditions(train, list(task.classes),
+                                              [c for c in task.group_columns if c != "cancer_type"], 10_000, ctx.seed)
+            cells = every.drop_duplicates(["cancer_type", "tissue_source_site"]).groupby("cancer_type").head(
+                cells_per_class)
+            rows = pd.concat([every[(every["cancer_type"] == r["cancer_type"])
+                                    & (every["tissue_source_site"] == r["tissue_source_site"])].head(per_cell)
+                              for _, r in cells.iterrows()], ignore_index=True)
+        method.params = method.model.params = replace(cfg.method_params, **{k: point[k] for k in KEYS})
+        images.append(np.asarray(method.synthesize(rows, ctx)))
+    images.insert(0, task.true_patches(rows, sampling_seed, counterfactual.VALIDATION_SALTS[0]))
+    keys = list(dict.fromkeys(zip(rows["cancer_type"].astype(str), rows["tissue_source_site"].astype(str),
+                                  strict=True)))
+    grid = {}
+    for r, imgs in enumerate(images):
+        for c, (ct, site) in enumerate(keys):
+            sel = (rows["cancer_type"].astype(str) == ct) & (rows["tissue_source_site"].astype(str) == site)
+            grid[(r, c)] = imgs[sel.to_numpy()]
+    canvas = mosaic(grid, len(images), len(keys), per_cell=per_cell)
+    return grid_png(canvas, ["true patches", *(name for name, _ in shown)], [f"{ct} at {site}" for ct, site in keys],
+                    f"{task_name}: unseen class x site cells (none of the class at that site in training)",
+                    col_title="cancer type at tissue source site")
 
 
 def fid_column(table: pd.DataFrame) -> str | None:

@@ -48,12 +48,13 @@ def test_frontier_command_trains_samples_judges_and_resumes(tmp_path):
     for col in ("class_fidelity", "site_fidelity", "class_fidelity_true", "site_fidelity_true"):
         assert table[col].between(0, 1).all()
     assert (table["n"] == table["n"].iloc[0]).all() and table["n"].iloc[0] >= 2  # one judge for every point
-    assert (tmp_path / "out" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    for figure in ("frontier.png", "samples.png"):  # samples: truth, today's medi, the chosen point
+        assert (tmp_path / "out" / figure).read_bytes()[:4] == b"\x89PNG"
     assert "| 0.2:0.2 | composed c2 m1 |" in (tmp_path / "out" / "frontier.md").read_text()
-    # the same command again: every point is finished, nothing is trained or sampled
+    # the same command again: every point is finished, none is sampled again (the figure reuses cached models)
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
-    assert "model ready" not in again.stderr and "class fidelity 0." not in again.stderr
+    assert "class fidelity 0." not in again.stderr and "reusing trained model" in again.stderr
     assert pd.read_csv(tmp_path / "out" / "frontier.csv").equals(table)
 
 
