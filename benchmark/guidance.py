@@ -191,9 +191,10 @@ def samples_png(task_name: str, preset: str | None, device: str, overrides: list
     base = baseline(table)
     if best is None or base is None:
         return None
-    shown: list[tuple[str, pd.Series]] = [("medi (unguided, no dropout)", base)]
+    shown: list[tuple[str, pd.Series]] = [("medi (no dropout, unguided)", base)]
     if best["label"] != base["label"] or best["class_dropout"] != base["class_dropout"]:
-        shown.append((f"chosen: dropout {best['class_dropout']:g}:{best['meta_dropout']:g}, {best['label']}", best))
+        label = str(best["label"]).replace("composed ", "")
+        shown.append((f"chosen ({best['class_dropout']:g}:{best['meta_dropout']:g}, {label})", best))
     images, rows, task, sampling_seed = [], None, None, 0
     for _, point in shown:
         method, ctx, train, cfg = _trained(task_name, preset, device, overrides, results_dir,
