@@ -13,6 +13,8 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, matthews_corrcoef
 
 NAN = float("nan")
+#: the share of groups the worst-fraction accuracy averages over (worst-20% groups accuracy)
+WORST_FRACTION = 0.2
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -69,11 +71,26 @@ def worst_group_accuracy(table: pd.DataFrame) -> float:
     return float(ok["accuracy"].min()) if len(ok) else NAN
 
 
+def worst_fraction_mean(acc: np.ndarray, fraction: float = WORST_FRACTION) -> np.ndarray:
+    """Per row of ``acc`` (B x groups, NaN = group absent): the mean of the lowest ceil(fraction x k) of its k finite
+    values (at least one); NaN for a row without any."""
+    acc = np.atleast_2d(acc)
+    k = np.isfinite(acc).sum(axis=1)
+    take = np.maximum(1, np.ceil(fraction * k - 1e-9)).astype(int)
+    ordered = np.sort(np.where(np.isfinite(acc), acc, np.inf), axis=1)  # absent groups last
+    keep = np.arange(acc.shape[1])[None, :] < take[:, None]
+    out = _safe_ratio(np.where(keep, ordered, 0).sum(axis=1), take.astype(float))
+    return np.where(k > 0, out, np.nan)
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
 def worst20_group_accuracy(table: pd.DataFrame) -> float:
     """Mean accuracy of the worst 20% of the groups that are not flagged (at least one group): the worst-group
     accuracy's stable companion, which still moves when one group is lost by every method."""
-    from benchmark.stats import worst_fraction_mean
-
     ok = table[~table["flagged"].astype(bool)] if len(table) else table
     return float(worst_fraction_mean(ok["accuracy"].to_numpy(dtype=float))[0]) if len(ok) else NAN
 

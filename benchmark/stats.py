@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from benchmark.metrics import ALIGNED, MISALIGNED, WORST_FRACTION, worst_fraction_mean  # noqa: F401 (re-exported)
+
 NAN = float("nan")
 CONFIDENCE = 0.95
 ALPHA = 0.05
 TESTS = ("t", "signflip")  # the paired tests a report can lead with
 #: the share of groups whose mean accuracy is the worst-group metric's stable companion
-WORST_FRACTION = 0.2
 #: the least share of bootstrap resamples in which a metric must be defined for a run's interval
 MIN_DEFINED = 0.9
 #: the metrics each run reports with a patient-bootstrap interval (``<split>/<metric>/ci_low`` and ``ci_high``).
@@ -63,18 +64,6 @@ def _onehot(codes: np.ndarray, width: int | None = None) -> np.ndarray:
     return m
 
 
-def worst_fraction_mean(acc: np.ndarray, fraction: float = WORST_FRACTION) -> np.ndarray:
-    """Per row of ``acc`` (B x groups, NaN = group absent): the mean of the lowest ceil(fraction x k) of its k finite
-    values (at least one); NaN for a row without any."""
-    acc = np.atleast_2d(acc)
-    k = np.isfinite(acc).sum(axis=1)
-    take = np.maximum(1, np.ceil(fraction * k - 1e-9)).astype(int)
-    ordered = np.sort(np.where(np.isfinite(acc), acc, np.inf), axis=1)  # absent groups last
-    keep = np.arange(acc.shape[1])[None, :] < take[:, None]
-    out = _ratio(np.where(keep, ordered, 0).sum(axis=1), take.astype(float))
-    return np.where(k > 0, out, np.nan)
-
-
 def eligible_groups(
     frame: pd.DataFrame, min_group_size: int, min_group_patients: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +91,6 @@ def weighted_metric(
     balanced_accuracy, worst_group_accuracy, worst20_group_accuracy, site_balanced_accuracy, shortcut_gap. Which
     groups are large enough is decided on the unweighted split.
     """
-    from benchmark.metrics import ALIGNED, MISALIGNED
 
     y = frame["label"].to_numpy()
     correct = (y == frame["pred"].to_numpy()).astype(float)
