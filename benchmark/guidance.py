@@ -105,6 +105,7 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
     from benchmark.fid import fid_config
     from benchmark.registry import TASKS
     from benchmark.runner import build_config
+    from methods.diffusion import validate
 
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "frontier.csv"
@@ -136,8 +137,6 @@ def run_frontier(task_name: str, preset: str | None, device: str, overrides: lis
                              if k.startswith("counterfactual/fid/") and k.endswith("/mean")), float("nan"))
         for p in todo:
             params = replace(cfg.method_params, **{k: getattr(p, k) for k in KEYS})
-            from methods.diffusion import validate
-
             validate(params)
             method.params = method.model.params = params
             started = time.time()
