@@ -83,9 +83,9 @@ class Judge:
         self.truth = task.true_patches(self.rows, seed, salts[0])
         meta = train.metadata
         real = np.flatnonzero(~meta["is_synthetic"].astype(bool).to_numpy())
-        judge = task.true_patches(self.rows, seed, salts[1])
-        self.second_draw = judge  # the probes' own true patches: FID between the two draws is the floor
-        self.probes = FidelityProbes(np.concatenate([np.asarray(train.subset(real).load().images), judge]),
+        # the probes' own true patches; FID between the two draws is the floor a perfect generator would score
+        self.second_draw = task.true_patches(self.rows, seed, salts[1])
+        self.probes = FidelityProbes(np.concatenate([np.asarray(train.subset(real).load().images), self.second_draw]),
                                      pd.concat([meta.iloc[real], self.rows], ignore_index=True))
         self.true_fidelity = {f"{PREFIX}/{key}_true": float(hits.mean())
                               for key, hits in self.probes.score(self.truth, self.rows).items()}
