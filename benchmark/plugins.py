@@ -7,7 +7,7 @@ An installed package adds a method, task or encoder by declaring an entry point 
 
 registers ``HEDJitter`` (a :class:`~benchmark.protocols.Method` subclass) under ``hed_jitter``, described by the
 first line of its docstring. A task is a :class:`~benchmark.protocols.Task` subclass; an encoder is a factory
-``(ProbeConfig[, arg]) -> Encoder``, like the built-ins in ``benchmark.encoders``. A plug-in that fails to import,
+``(ProbeConfig[, arg]) -> Encoder``, like the built-ins in ``evaluation.encoders``. A plug-in that fails to import,
 is of the wrong kind or takes a name already registered is left out with a one-line warning naming its
 distribution, its entry point and the error; the built-ins keep working.
 """
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
-from benchmark.registry import ENCODERS, METHODS, TASKS, Registry
+from benchmark.core.registry import ENCODERS, METHODS, TASKS, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,24 @@ def load_plugins() -> None:
         _state = "done"
 
 
+def ensure_task(cfg) -> None:
+    """Make a run config's task known in this process (built-ins and plug-ins loaded; a task file's task read again
+    from ``cfg.task_file``): for a worker process or a cluster job that receives configs rather than command lines.
+    A task file whose content is no longer the one the config was made with (``cfg.task_sha256``) is an error."""
+    load_plugins()
+    path = getattr(cfg, "task_file", "")
+    if not path or cfg.task in TASKS and getattr(TASKS.get(cfg.task), "source_sha256", "") == cfg.task_sha256:
+        return
+    name = TASKS.canonical(path)
+    found = getattr(TASKS.get(name), "source_sha256", "")
+    if name != cfg.task or found != cfg.task_sha256:
+        raise RegistryError(f"task file {path!r} changed since run {cfg.name} was planned (task {name!r}, SHA-256 "
+                            f"{found[:12]}, planned {cfg.task!r}, {cfg.task_sha256[:12]}); plan the runs again")
+
+
 def load_builtins() -> None:
     """Import the packages whose modules register the built-in methods, tasks and encoders."""
-    import benchmark.encoders  # noqa: F401
+    import benchmark.evaluation.encoders  # noqa: F401
     import methods  # noqa: F401
     import tasks  # noqa: F401
 

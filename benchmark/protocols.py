@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from benchmark.config import DataConfig, SplitConfig
-from benchmark.data import Split
+from benchmark.core.config import DataConfig, SplitConfig
+from benchmark.core.data import Split
 
 SPLITS: tuple[str, ...] = ("train", "val", "test_seen", "test_unseen")
 EVAL_SPLITS: tuple[str, ...] = ("val", "test_seen", "test_unseen")
@@ -84,7 +84,7 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type | None] = None  # a frozen dataclass of the method's hyperparameters, or None
     # fit and augment can run in several processes at once (``accelerate launch``): every process calls them, the
-    # method shares the work out (benchmark.distributed). Otherwise the main process runs the method alone.
+    # method shares the work out (benchmark.training.distributed). Otherwise the main process runs the method alone.
     multi_process: ClassVar[bool] = False
 
     def __init__(self, params: Any = None):
@@ -118,3 +118,12 @@ class Method:
         of real held-out patches (so synthetic and real images of the same class, site and race are compared).
         """
         raise NotImplementedError(f"method {self.name!r} does not synthesize images")
+
+
+# The plug-in API in one import: what a method or task package needs besides the protocols above.
+from benchmark.core.config import ConfigError, tunable  # noqa: E402
+from benchmark.core.data import UNKNOWN, concat  # noqa: E402
+from benchmark.core.registry import ENCODERS, METHODS, TASKS  # noqa: E402
+
+__all__ = ["ENCODERS", "EVAL_SPLITS", "METHODS", "SPLITS", "TASKS", "UNKNOWN", "ConfigError", "Context", "Method",
+           "Split", "Task", "concat", "tunable"]

@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark import distributed
-from benchmark.config import tunable
-from benchmark.data import UNKNOWN, Split, concat
-from benchmark.generation import PLAN_MODES, expand_plan, generation_plan
+from benchmark.core.config import tunable
+from benchmark.core.data import UNKNOWN, Split, concat
+from benchmark.core.generation import PLAN_MODES, expand_plan, generation_plan
+from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
-from benchmark.registry import METHODS
-from benchmark.training import Checkpoints, TrainingError, model_key, step_generator, train_loop
+from benchmark.training import distributed
+from benchmark.training.loop import Checkpoints, TrainingError, model_key, step_generator, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Params:
     flip: bool = True  # random horizontal flips of training patches (reference: on)
     precision: str = "fp32"  # "fp32" or "bf16" autocast
     # what augment() synthesizes
-    plan: str = "fill"  # generation plan (benchmark.generation): fill or balance
+    plan: str = "fill"  # generation plan (benchmark.core.generation): fill or balance
     ratio: float = tunable(1.0, low=0.25, high=2.0)  # synthetic patches per real training patch
     attributes: tuple[str, ...] = ("tissue_source_site", "race")  # the plan's combinations (race: metadata only)
     # bookkeeping (not part of the model)
@@ -675,7 +675,7 @@ class CycleGAN(Method):
     def _sample_grid(self, ctx: Context, n_targets: int = 6, n_sources: int = 6) -> Path | None:
         """A labelled PNG: the first row shows a real patch of each target site; below, each source patch (left
         column, labelled with its site and class) translated into every target site."""
-        from benchmark.reporting import grid_png, mosaic
+        from benchmark.core.images import grid_png, mosaic
 
         real = self.train_split
         sites = real.metadata["tissue_source_site"].astype(str)

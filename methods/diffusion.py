@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark.config import tunable
-from benchmark.data import UNKNOWN, Split, concat
-from benchmark.generation import class_totals, expand_plan, generation_plan
+from benchmark.core.config import tunable
+from benchmark.core.data import UNKNOWN, Split, concat
+from benchmark.core.generation import class_totals, expand_plan, generation_plan
+from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
-from benchmark.registry import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def reference_recipe(preset: str) -> dict[str, Any]:
 
 def validate(p: DiffusionParams) -> None:
     """Fail loudly on values the model cannot use."""
-    from benchmark.config import ConfigError
+    from benchmark.core.config import ConfigError
 
     checks = [
         (p.cond_mode in ("concat", "additive", "linear"), "method.cond_mode", p.cond_mode, "concat, additive, linear"),
@@ -378,7 +378,7 @@ class DiffusionModel:
     def __init__(self, params: DiffusionParams, classes: list[str], vocab: Vocabulary, image_size: int, seed: int = 0):
         import torch
 
-        from benchmark._compat import ensure_torchvision
+        from benchmark.core._compat import ensure_torchvision
 
         ensure_torchvision()
         from diffusers import UNet2DModel
@@ -513,7 +513,7 @@ class DiffusionModel:
         import torch
         from tqdm.auto import tqdm
 
-        from benchmark import distributed
+        from benchmark.training import distributed
 
         p = self.params
         n = len(meta)
@@ -573,7 +573,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
-    from benchmark.training import step_generator, train_loop
+    from benchmark.training.loop import step_generator, train_loop
 
     p = model.params
     # 1. accelerate: device placement and mixed precision (fp16/bf16 autocast on CUDA; fp32 on CPU, measured faster)
@@ -582,7 +582,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     device = accelerator.device
     # several processes (``accelerate launch``): each computes its share of every global batch, DDP averages the
     # gradients, so the update is the one-process update of the same global batch
-    from benchmark import distributed
+    from benchmark.training import distributed
 
     world = accelerator.num_processes
     share = distributed.share(p.batch_size)
@@ -674,7 +674,7 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
                 ema.restore(params)
 
     def preview(step: int) -> None:
-        from benchmark.reporting import sample_grid_png
+        from benchmark.core.images import sample_grid_png
 
         saved = model.params
         try:
@@ -828,11 +828,11 @@ class DiffusionMethod(Method):
 
     def _prepare(self, train: Split, ctx: Context):
         """Build the untrained model for ``train`` and return its checkpoint folder (content-addressed)."""
-        from benchmark.training import Checkpoints, model_key
+        from benchmark.training.loop import Checkpoints, model_key
 
         absent = [a for a in self.params.attributes if a not in train.metadata.columns]
         if absent:
-            from benchmark.config import ConfigError
+            from benchmark.core.config import ConfigError
 
             extra = [c for c in train.metadata.columns if c not in RESERVED_COLUMNS]
             raise ConfigError(f"method.attributes names {absent}, which task {ctx.task.name!r} does not have; its "
@@ -850,7 +850,7 @@ class DiffusionMethod(Method):
         return Checkpoints(folder)
 
     def _load_cached(self, ckpt, ctx: Context) -> bool:
-        from benchmark import distributed
+        from benchmark.training import distributed
 
         if not distributed.broadcast(ckpt.is_done()):  # several processes: the main one decides for all
             return False

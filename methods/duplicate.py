@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.data import Split, concat
+from benchmark.core.data import Split, concat
+from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
-from benchmark.registry import METHODS
 from methods.oracle import ControlParams, control_plan, medi_plan_params
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from benchmark.core.registry import METHODS
 from benchmark.protocols import Method
-from benchmark.registry import METHODS
 
 
 @METHODS.register("none", "no augmentation: the real training patches only (the baseline)")

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmark.config import ConfigError
-from benchmark.data import Split, concat
-from benchmark.generation import PLAN_MODES, expand_plan, generation_plan
+from benchmark.core.config import ConfigError
+from benchmark.core.data import Split, concat
+from benchmark.core.generation import PLAN_MODES, expand_plan, generation_plan
+from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
-from benchmark.registry import METHODS
 
 log = logging.getLogger(__name__)
 

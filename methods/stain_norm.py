@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark.config import tunable
-from benchmark.data import Split, materialize
+from benchmark.core.config import tunable
+from benchmark.core.data import Split, materialize
+from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
-from benchmark.registry import METHODS
 
 log = logging.getLogger(__name__)
 

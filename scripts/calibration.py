@@ -4,10 +4,10 @@ reports/calibration/calibration.png and calibration.json.
 
     python scripts/calibration.py [--sims 2000] [--out reports/calibration]
 
-The simulation is benchmark.stats.simulate_paired_differences (the one tests/benchmark/test_stats.py checks): per
+The simulation is evaluation.stats.simulate_paired_differences (the one tests/benchmark/test_stats.py checks): per
 replicate a fresh test set of 60 patients x 8 patches that share their patient's outcome, and a difficulty (the
 replicate's split and trained model) shared by the two methods; the planted effect is +0.10 accuracy. The third
-panel, benchmark.stats.simulate_resplit_differences: replicates that re-split one cohort of 320 patients (120 test,
+panel, evaluation.stats.simulate_resplit_differences: replicates that re-split one cohort of 320 patients (120 test,
 200 train, the test sets overlapping) against replicates that each draw a fresh cohort, under the null; the naive
 paired t-test against Nadeau and Bengio's corrected one. A few minutes on 2 cores.
 """
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmark import stats  # noqa: E402
+from benchmark.evaluation import stats  # noqa: E402
 
 REPLICATES = (3, 4, 5, 6, 8, 10)
 EFFECT = 0.10

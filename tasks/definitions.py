@@ -15,10 +15,10 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from benchmark.cache import cached_array
-from benchmark.data import METADATA_COLUMNS, Split
+from benchmark.core.cache import cached_array
+from benchmark.core.data import METADATA_COLUMNS, Split
+from benchmark.core.registry import TASKS
 from benchmark.protocols import Task
-from benchmark.registry import TASKS
 from tasks import splits as splitting
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class CancerTypeTask(Task):
         (race has no visual effect in the generator). ``seed`` and ``salt`` pick the draw: two calls with different
         salts are different tissue, the same pair the same pixels. On a fixed cohort (TCGA-UT, a manifest) there is
         no generator: a ConfigError says so."""
-        from benchmark.config import ConfigError
+        from benchmark.core.config import ConfigError
         from tasks import embedded
 
         if self.data.source != "embedded":

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.data import METADATA_COLUMNS
+from benchmark.core.data import METADATA_COLUMNS
 
 CANCER_TYPES: dict[str, str] = {
     "LUAD": "lung adenocarcinoma: acinar glands with open lumens lined by vesicular nuclei; lepidic alveolar walls",

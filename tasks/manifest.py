@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.data import METADATA_COLUMNS, UNKNOWN, Split
+from benchmark.core.data import METADATA_COLUMNS, UNKNOWN, Split
 from tasks.patches import ON_ERROR, DataError, DecodeReport, PathImages, decode_all
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 SOURCE = "manifest"
 #: Columns every manifest has.
 REQUIRED: tuple[str, ...] = ("path", "label", "tissue_source_site")
-#: Columns a manifest may have, with their meaning fixed by the schema (benchmark.data.METADATA_COLUMNS).
+#: Columns a manifest may have, with their meaning fixed by the schema (benchmark.core.data.METADATA_COLUMNS).
 OPTIONAL: tuple[str, ...] = ("patient_id", "slide_id", "race", "gender", "age_at_index", "project_id")
 #: Columns the loader sets itself: a manifest may not have them.
 RESERVED: dict[str, str] = {

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from benchmark.cache import atomic_file
+from benchmark.core.cache import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _decode_image(path: str, size: int) -> tuple[np.ndarray, str | None]:
 
 
 class PathImages:
-    """Patches read lazily from their files, resized to ``size``; implements benchmark.data.ImageSource.
+    """Patches read lazily from their files, resized to ``size``; implements benchmark.core.data.ImageSource.
 
     ``on_error`` governs decode_all: "fail" raises DataError at the first bad file, "skip" drops and lists bad files.
     Indexing a bad file directly always raises DataError naming it.

@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from benchmark.config import SplitConfig
+from benchmark.core.config import SplitConfig
 
 
 class SplitError(ValueError):

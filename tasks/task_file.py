@@ -32,9 +32,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as the package tomli (a dependency there)
     import tomli as tomllib
 
-from benchmark.config import ConfigError, SplitConfig, split_checks
-from benchmark.data import Split
-from benchmark.registry import TASKS, did_you_mean
+from benchmark.core.config import ConfigError, SplitConfig, split_checks
+from benchmark.core.data import Split
+from benchmark.core.registry import TASKS, did_you_mean
 from tasks.definitions import CancerTypeTask
 from tasks.patches import DataError
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.data import UNKNOWN
+from benchmark.core.data import UNKNOWN
 from tasks.manifest import CohortReport, build_index, clean_value
 from tasks.patches import DECODER_VERSION, ON_ERROR, DataError, DecodeReport, PathImages, decode_all, decode_image
 

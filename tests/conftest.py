@@ -77,8 +77,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def smoke_nsclc():
     """(task, splits) of nsclc on the smoke preset's embedded data."""
-    from benchmark.config import PRESETS
-    from benchmark.registry import TASKS, load_plugins
+    from benchmark.core.config import PRESETS
+    from benchmark.core.registry import TASKS
+    from benchmark.plugins import load_plugins
 
     load_plugins()
     preset = PRESETS["smoke"]

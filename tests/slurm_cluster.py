@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark.cache import pid_alive
+from benchmark.core.cache import pid_alive
 
 PACKAGES = ("slurm-wlm", "munge")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "srun", "sinfo")

@@ -11,8 +11,9 @@ import signal
 import sys
 from pathlib import Path
 
-from benchmark import distributed, training
-from benchmark.__main__ import main
+from benchmark.cli import main
+from benchmark.training import distributed
+from benchmark.training import loop as training
 
 
 def note(**event) -> None:

@@ -120,7 +120,7 @@ def test_sigterm_stops_a_run_cleanly(tmp_path):
 
 
 def test_the_run_table_keeps_columns_apart_at_their_widest():
-    from benchmark.__main__ import results_table
+    from benchmark.cli.run import results_table
 
     metrics = {}
     for split in ("val", "test_seen", "test_unseen"):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.compare import colour_match, pick_sites
+from benchmark.studies.compare import colour_match, pick_sites
 from methods.stain_norm import mean_lab
 from tests.conftest import run_cli
 

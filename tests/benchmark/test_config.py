@@ -2,8 +2,9 @@
 
 import pytest
 
-from benchmark.config import PRESETS, ConfigError, DataConfig, parse_overrides, resolve
-from benchmark.registry import METHODS, TASKS, Registry, RegistryError, load_plugins
+from benchmark.core.config import PRESETS, ConfigError, DataConfig, parse_overrides, resolve
+from benchmark.core.registry import METHODS, TASKS, Registry, RegistryError
+from benchmark.plugins import load_plugins
 
 
 def test_registry_rejects_duplicates_and_names_unknown_choices():

@@ -1,4 +1,4 @@
-"""Counterfactual quality against ground truth (benchmark.counterfactual): cells, ground truth, a planted failure."""
+"""Counterfactual quality against ground truth (evaluation.counterfactual): cells, ground truth, a planted failure."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import counterfactual
-from benchmark.config import PRESETS, ConfigError
+from benchmark.core.config import PRESETS, ConfigError
+from benchmark.core.registry import METHODS, TASKS
+from benchmark.evaluation import counterfactual
+from benchmark.plugins import load_plugins
 from benchmark.protocols import Context, Method
-from benchmark.registry import METHODS, TASKS, load_plugins
 
 KEY = ["cancer_type", "tissue_source_site", "race"]
 

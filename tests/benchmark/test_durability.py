@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from benchmark import cache
-from benchmark.training import Checkpoints, TrainingError, train_loop
+from benchmark.core import cache
+from benchmark.training.loop import Checkpoints, TrainingError, train_loop
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, caplo
     assert newest[0] == 4
     newest[1].write_bytes(b"damaged")
     seen = []
-    with caplog.at_level(logging.WARNING, logger="benchmark.training"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.training.loop"):
         reached, state = _loop(folder, 10, seen=seen)
     assert reached == 10 and seen[0] == 2 and float(state["w"]) == 10  # steps 2..9 redone, nothing else lost
     assert (folder / "ckpt-00000004.pt.unreadable").is_file()  # kept for a look, out of the way
@@ -107,15 +107,15 @@ def test_no_readable_checkpoint_at_all_is_one_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def none_cfg():
-    from benchmark.registry import load_plugins
-    from benchmark.runner import build_config
+    from benchmark.orchestration.runner import build_config
+    from benchmark.plugins import load_plugins
 
     load_plugins()
     return build_config("none", "nsclc", "smoke", 0, "cpu", ["probe.bootstrap=0"])
 
 
 def test_a_run_finished_by_another_process_while_this_one_waited_is_kept(tmp_path, none_cfg, monkeypatch):
-    from benchmark import runner
+    from benchmark.orchestration import runner
 
     first = runner.run_one(none_cfg, tmp_path, progress=False)
     run_dir = runner.run_dir_for(none_cfg, tmp_path)
@@ -134,7 +134,7 @@ def test_a_run_finished_by_another_process_while_this_one_waited_is_kept(tmp_pat
 
 
 def test_a_record_that_is_not_a_json_object_is_recomputed_with_a_warning(tmp_path, none_cfg, caplog):
-    from benchmark import runner
+    from benchmark.orchestration import runner
 
     run_dir = runner.run_dir_for(none_cfg, tmp_path)
     run_dir.mkdir(parents=True)
@@ -146,12 +146,12 @@ def test_a_record_that_is_not_a_json_object_is_recomputed_with_a_warning(tmp_pat
 
 
 def test_results_jsonl_skips_a_torn_last_line_quietly_and_names_a_bad_line_elsewhere(tmp_path, caplog):
-    from benchmark.tracking import read_records
+    from benchmark.core.tracking import read_records
 
     good = '{"run_id": "a", "metrics": {}}'
     torn = '{"run_id": "c", "me'
     (tmp_path / "results.jsonl").write_text(f'{good}\n[1, 2]\nnot json\n{good.replace("a", "b")}\n{torn}')
-    with caplog.at_level(logging.WARNING, logger="benchmark.tracking"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.core.tracking"):
         records = read_records(tmp_path)
     assert [r["run_id"] for r in records] == ["a", "b"]
     named = sorted(r.getMessage() for r in caplog.records)
@@ -160,7 +160,7 @@ def test_results_jsonl_skips_a_torn_last_line_quietly_and_names_a_bad_line_elsew
 
 
 def test_the_next_append_cuts_a_torn_last_line_so_every_line_is_a_record(tmp_path):
-    from benchmark.tracking import append_record, read_records
+    from benchmark.core.tracking import append_record, read_records
 
     (tmp_path / "results.jsonl").write_text('{"run_id": "a", "metrics": {}}\n{"run_id": "b", "me')
     append_record(tmp_path, {"run_id": "c", "metrics": {}})
@@ -172,8 +172,9 @@ def test_the_next_append_cuts_a_torn_last_line_so_every_line_is_a_record(tmp_pat
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
-from benchmark import runner, tracking
-from benchmark.runner import build_config, run_one
+from benchmark.orchestration import runner
+from benchmark.core import tracking
+from benchmark.orchestration.runner import build_config, run_one
 
 cfg = build_config("none", "nsclc", "smoke", 0, "cpu", ["probe.bootstrap=0"])
 if sys.argv[2] == "during":  # killed while computing: its MLflow run was created, then nothing more
@@ -197,7 +198,7 @@ def test_an_mlflow_run_left_running_by_a_killed_process_is_closed_by_the_next_at
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    from benchmark import runner
+    from benchmark.orchestration import runner
     from tests.conftest import ROOT
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -225,7 +226,7 @@ def test_an_mlflow_run_left_running_by_a_killed_process_is_closed_by_the_next_at
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from benchmark.runner import _RunLock
+from benchmark.orchestration.runner import _RunLock
 with _RunLock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
@@ -238,7 +239,7 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
     import subprocess
     import sys
 
-    from benchmark.runner import RunBusy, _RunLock
+    from benchmark.orchestration.runner import RunBusy, _RunLock
     from tests.conftest import ROOT
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True,
@@ -258,7 +259,7 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
 
 
 def test_a_lock_file_left_by_a_dead_host_does_not_block_the_run(tmp_path):
-    from benchmark.runner import _RunLock
+    from benchmark.orchestration.runner import _RunLock
 
     (tmp_path / ".lock").write_text("a-host-that-died 4242")  # what a crashed machine leaves behind
     with _RunLock(tmp_path):
@@ -268,9 +269,9 @@ def test_a_lock_file_left_by_a_dead_host_does_not_block_the_run(tmp_path):
 def test_a_full_disk_while_writing_the_record_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys):
     import errno
 
-    from benchmark import runner
-    from benchmark.__main__ import main
-    from benchmark.tracking import read_records
+    from benchmark.cli import main
+    from benchmark.core.tracking import read_records
+    from benchmark.orchestration import runner
 
     real = runner.atomic_write_json
 

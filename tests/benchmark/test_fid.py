@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark import fid
-from benchmark.config import ConfigError, ProbeConfig
-from benchmark.data import METADATA_COLUMNS, Split
-from benchmark.encoders import FilterBankEncoder
+from benchmark.core.config import ConfigError, ProbeConfig
+from benchmark.core.data import METADATA_COLUMNS, Split
+from benchmark.evaluation import fid
+from benchmark.evaluation.encoders import FilterBankEncoder
 from benchmark.protocols import Context, Method
 from tests.real_he import load as load_he
 
@@ -159,7 +159,7 @@ def test_missing_inception_weights_name_the_expected_file(no_inception, monkeypa
 @pytest.fixture(scope="module")
 def random_inception_file(tmp_path_factory) -> Path:
     """A state dict with torch-fidelity's InceptionV3 layout and random weights (the real file is not here)."""
-    from benchmark._compat import ensure_torchvision
+    from benchmark.core._compat import ensure_torchvision
 
     ensure_torchvision()
     from torch_fidelity import feature_extractor_inceptionv3 as fe
@@ -265,7 +265,7 @@ def test_small_sample_notes_are_quiet_on_the_smoke_preset_and_warnings_elsewhere
     for preset in ("smoke", "cpu"):
         ctx = Context(device="cpu", preset=preset, seed=4, task=None, run_dir=tmp_path, cache_dir=tmp_path)
         caplog.clear()
-        with caplog.at_level(logging.DEBUG, logger="benchmark.fid"):
+        with caplog.at_level(logging.DEBUG, logger="benchmark.evaluation.fid"):
             fid.evaluate_method(Echo(split, darken_b=True, cap=20), split, ProbeConfig(), ctx,
                                 cfg=fid.FidConfig(bootstrap=2, inception="off"))
         levels[preset] = {r.levelname for r in caplog.records if "feature dimensions" in r.getMessage()}

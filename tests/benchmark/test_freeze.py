@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 
-from benchmark.reporting import load_samples
+from benchmark.core.images import load_samples
 from tests.conftest import run_cli
 
 GRID = ["--methods", "none,stain_norm", "--tasks", "nsclc", "--seeds", "2", "--preset", "smoke"]
@@ -93,7 +93,7 @@ def test_a_process_records_the_commit_of_the_code_it_loaded(monkeypatch):
     """A sweep runs for hours; commits made meanwhile must not be attributed to runs of the code already loaded."""
     import subprocess
 
-    from benchmark import provenance
+    from benchmark.core import provenance
 
     provenance.git_commit.cache_clear()
     first = provenance.git_commit()  # the checkout's commit, or "" outside git

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from benchmark.generation import class_totals, expand_plan, generation_plan
+from benchmark.core.generation import class_totals, expand_plan, generation_plan
 
 CLASSES = ("LUAD", "LUSC")
 
@@ -69,7 +69,7 @@ def test_expand_plan_rows_carry_conditioning_and_are_synthetic():
 def test_a_cohorts_own_column_is_planned_and_carried():
     """A manifest column (``scanner``) as an attribute: the plan fills its missing combinations and the synthetic
     rows carry it, after the schema's columns."""
-    from benchmark.data import METADATA_COLUMNS
+    from benchmark.core.data import METADATA_COLUMNS
 
     meta = train_meta().assign(scanner=["A"] * 8 + ["B"] * 4 + ["A"] * 4)
     plan = generation_plan(meta, CLASSES, ["tissue_source_site", "scanner"], "fill", ratio=1.0)

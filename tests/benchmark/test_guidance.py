@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmark import guidance
+from benchmark.studies import guidance
 from tests.conftest import run_cli
 
 

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from benchmark import interrupts
-from benchmark.training import Checkpoints, step_generator, train_loop
+from benchmark.core import interrupts
+from benchmark.training.loop import Checkpoints, step_generator, train_loop
 from tests.conftest import ROOT
 
 
@@ -92,8 +92,8 @@ def test_an_interrupt_before_the_first_step_keeps_nothing(tmp_path):
 _SIGTERM_MID_STEP = """
 import os, signal, sys, torch
 sys.path.insert(0, sys.argv[2])
-from benchmark import interrupts
-from benchmark.training import Checkpoints
+from benchmark.core import interrupts
+from benchmark.training.loop import Checkpoints
 from tests.benchmark.test_interrupted_training import _Tiny, _train
 
 interrupts.install()
@@ -135,7 +135,7 @@ def test_sigterm_in_the_middle_of_a_step_lets_it_finish_and_checkpoints_after_it
 _KILLED_WHILE_CHECKPOINTING = """
 import logging, os, signal, sys, torch
 sys.path.insert(0, sys.argv[2])
-from benchmark.training import Checkpoints, train_loop
+from benchmark.training.loop import Checkpoints, train_loop
 logging.basicConfig(level=logging.INFO)
 from tests.benchmark.test_interrupted_training import _Tiny
 
@@ -146,7 +146,7 @@ def save(obj, f, *args, **kwargs):
     real_save(obj, f, *args, **kwargs)
     if sys.argv[3] == "kill" and obj["step"] == 6:
         # the checkpoint of step 6 is half on disk when the process dies
-        from benchmark import cache
+        from benchmark.core import cache
         fd, tmp = cache._mkstemp(ckpts.folder / "ckpt-00000006.pt")
         os.write(fd, f.getvalue()[: len(f.getvalue()) // 2])
         os.kill(os.getpid(), signal.SIGKILL)

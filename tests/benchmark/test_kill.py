@@ -118,7 +118,7 @@ def check_against_uninterrupted(killed: Path, reference: Path) -> dict:
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    from benchmark.tracking import read_records
+    from benchmark.core.tracking import read_records
 
     ours, theirs = _records(killed), _records(reference)
     assert sorted(ours) == sorted(theirs)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import metrics as M
+from benchmark.evaluation import metrics as M
 
 
 def test_balanced_accuracy_known_answer():

@@ -126,7 +126,7 @@ def test_the_cyclegan_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
 def test_only_run_shares_its_work_out(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                       rank: str) -> None:
     """Under a launcher (WORLD_SIZE > 1) every other command is one clear line from the main process and exit 2."""
-    from benchmark.__main__ import main
+    from benchmark.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)

@@ -10,10 +10,21 @@ from dataclasses import dataclass
 
 import pytest
 
-from benchmark import interrupts
-from benchmark.__main__ import cmd_list, interrupted_message, key_lines
-from benchmark.config import PRESETS, ConfigError, SeedConfig, describe_fields, field_comments, parse_value, resolve
-from benchmark.registry import METHODS, Registry, RegistryError, load_plugins
+from benchmark.cli import interrupted_message
+from benchmark.cli.listing import command as cmd_list
+from benchmark.cli.listing import key_lines
+from benchmark.core import interrupts
+from benchmark.core.config import (
+    PRESETS,
+    ConfigError,
+    SeedConfig,
+    describe_fields,
+    field_comments,
+    parse_value,
+    resolve,
+)
+from benchmark.core.registry import METHODS, Registry, RegistryError
+from benchmark.plugins import load_plugins
 from tests.conftest import ctrl_c_when, run_cli
 
 # ---------------------------------------------------------------------------------------------------------------

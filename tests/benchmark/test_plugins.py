@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from benchmark import plugins
-from benchmark.data import METADATA_COLUMNS, Split
+from benchmark.core.data import METADATA_COLUMNS, Split
+from benchmark.core.registry import METHODS, Registry
+from benchmark.plugins import load_plugins
 from benchmark.protocols import Context
-from benchmark.registry import METHODS, Registry, load_plugins
 from tests.conftest import run_cli
 
 FAKE_MODULES = ("fakeplug_good", "fakeplug_broken")
@@ -114,7 +115,7 @@ def test_entry_points_register_with_their_docstring_and_a_broken_one_is_one_warn
     caplog.set_level(logging.WARNING, logger="benchmark.plugins")
     methods, tasks, encoders = (fresh_plugins[f"medibench.{g}"] for g in ("methods", "tasks", "encoders"))
     builtins = methods.names()
-    load_plugins()  # benchmark.registry's, as every command calls it
+    load_plugins()  # benchmark.core.registry's, as every command calls it
     # 1. the good entries, described by the first line of their docstrings
     import fakeplug_good
 

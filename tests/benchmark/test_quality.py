@@ -1,4 +1,4 @@
-"""Time to quality (``benchmark.quality``, the ``time_to_quality`` perf stage) and the faster recipe's pieces.
+"""Time to quality (``benchmark.studies.quality``, the ``time_to_quality`` perf stage) and the faster recipe's pieces.
 
 Known answers for reading a curve and for the Min-SNR weights; the cosine schedule reaching the samplers; a smoke-
 preset curve that measures what it says; the perf stage end to end on the smoke preset (JSON row + figure).
@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from benchmark.quality import MEASURES, SampleQuality, quality_curve, time_to
+from benchmark.studies.quality import MEASURES, SampleQuality, quality_curve, time_to
 from methods.diffusion import DiffusionModel, DiffusionParams, Vocabulary, loss_weights
 from tests.conftest import run_cli
 
@@ -82,7 +82,7 @@ def test_the_noise_schedule_reaches_training_and_every_sampler():
 
 
 def test_bad_recipe_values_are_named():
-    from benchmark.config import ConfigError
+    from benchmark.core.config import ConfigError
     from methods.diffusion import validate
 
     for field, value in (("noise_schedule", "sigmoid"), ("loss_weighting", "p2"), ("snr_gamma", 0.0)):
@@ -111,7 +111,7 @@ def test_a_smoke_curve_measures_every_point(smoke_nsclc):
 
 
 def test_a_smoke_cyclegan_curve_measures_its_translations(smoke_nsclc):
-    from benchmark.quality import cyclegan_curve
+    from benchmark.studies.quality import cyclegan_curve
     from methods.cyclegan import CycleGAN
 
     task, splits = smoke_nsclc

@@ -9,9 +9,9 @@ import textwrap
 import pandas as pd
 import pytest
 
-from benchmark import provenance
-from benchmark.config import ConfigError
-from benchmark.runner import build_config, run_dir_for, run_one
+from benchmark.core import provenance
+from benchmark.core.config import ConfigError
+from benchmark.orchestration.runner import build_config, run_dir_for, run_one
 
 
 def test_a_replicate_varies_every_source_unless_one_is_pinned():
@@ -75,11 +75,12 @@ def test_the_code_hash_follows_imports_and_changes_with_the_code(tmp_path, monke
 
 
 def test_a_runs_identity_covers_evaluation_method_and_task_code_but_not_the_report():
-    closure = provenance.source_closure(("benchmark.runner", "methods.diffusion", "tasks.definitions"))
-    for module in ("benchmark.runner", "benchmark.metrics", "benchmark.stats", "benchmark.encoders",
-                   "benchmark.training", "methods.diffusion", "tasks.definitions", "tasks.splits"):
+    closure = provenance.source_closure(("benchmark.orchestration.runner", "methods.diffusion", "tasks.definitions"))
+    for module in ("benchmark.orchestration.runner", "benchmark.evaluation.metrics", "benchmark.evaluation.stats",
+                   "benchmark.evaluation.encoders", "benchmark.training.loop", "methods.diffusion",
+                   "tasks.definitions", "tasks.splits"):
         assert module in closure, module
-    for module in ("benchmark.reporting", "benchmark.__main__", "benchmark.sweep", "methods.cyclegan"):
+    for module in ("benchmark.report", "benchmark.__main__", "benchmark.orchestration.sweep", "methods.cyclegan"):
         assert module not in closure, module
     a = build_config("medi", "nsclc", "smoke", device="cpu")
     b = build_config("cyclegan", "nsclc", "smoke", device="cpu")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import reporting as R
+from benchmark import report as R
 from tests.benchmark.test_reporting import XSS_SITE, fixed_records
 from tests.conftest import stop_process_group
 

@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import reporting as R
-from benchmark.data import METADATA_COLUMNS, Split
+from benchmark import report as R
+from benchmark.core.data import METADATA_COLUMNS, Split
+from benchmark.core.images import SAMPLES_FILE, load_samples, save_samples
+from benchmark.report import verdicts
 from tests.conftest import ROOT, free_port, run_cli
 
 XSS_SITE = "<script>alert(1)</script>"
@@ -92,7 +94,7 @@ def _samples(method: str, run_dir: Path) -> None:
                              "race": "white", "gender": "male", "age_at_index": 60.0, "patient_id": f"P{k}",
                              "slide_id": f"SL{k}", "is_synthetic": method != "none", "source": method})
     meta = pd.DataFrame(rows)[list(METADATA_COLUMNS)]
-    R.save_samples(Split(np.stack(images), meta, "train"), run_dir / R.SAMPLES_FILE, synthetic_only=method != "none")
+    save_samples(Split(np.stack(images), meta, "train"), run_dir / SAMPLES_FILE, synthetic_only=method != "none")
 
 
 def _record(task: str, method: str, seed: int, metrics: dict, run_dir: Path, groups=None, params=None) -> dict:
@@ -245,7 +247,7 @@ def test_the_verdict_tests_the_declared_family_with_holm_across_it(fixed):
     # medi - none on balanced accuracy: +0.10 in every replicate; the t-test is undefined there (not p = 0)
     degenerate = comps[("medi", "none", "balanced_accuracy")]
     assert degenerate.role == "primary" and degenerate.degenerate and math.isnan(degenerate.p_holm)
-    assert not degenerate.significant and R._verdict_word(degenerate) == "t undefined: every difference equal"
+    assert not degenerate.significant and verdicts._verdict_word(degenerate) == "t undefined: every difference equal"
     order = sorted(raw, key=raw.get)
     holm, running = {}, 0.0
     for i, key in enumerate(order):
@@ -422,7 +424,7 @@ def test_run_figures_write_samples_as_the_method_returns_them(tmp_path):
     paths = R.run_figures(split, groups, tmp_path, "medi-nsclc-s0", True, 0,
                           ("cancer_type", "tissue_source_site", "race"), ("LUAD", "LUSC"),
                           lambda p, a=None: logged.append((p.name, a)))
-    imgs, meta = R.load_samples(tmp_path / R.SAMPLES_FILE)
+    imgs, meta = load_samples(tmp_path / SAMPLES_FILE)
     assert len(meta) == 18 and meta["is_synthetic"].all()  # 6 (class, site) cells x 3 synthetic rows, at most 8
     assert meta["tissue_source_site"].tolist()[0] == "00"  # site codes stay strings
     assert imgs.shape == (18, 8, 8, 3) and imgs.dtype == np.uint8
@@ -430,7 +432,7 @@ def test_run_figures_write_samples_as_the_method_returns_them(tmp_path):
     assert all(p.is_file() for p in paths)
     R.run_figures(split, groups, tmp_path, "none", False, 0, ("cancer_type", "tissue_source_site", "race"),
                   ("LUAD", "LUSC"))
-    assert len(R.load_samples(tmp_path / R.SAMPLES_FILE)[1]) == 30  # every real row: 6 cells of 5
+    assert len(load_samples(tmp_path / SAMPLES_FILE)[1]) == 30  # every real row: 6 cells of 5
 
 
 def _poppler(tool: str) -> str:
@@ -500,7 +502,7 @@ def test_report_command_writes_html_and_a_pdf_with_the_expected_pages(fixed, tmp
 
 
 def test_ui_serves_the_store_and_links_a_comparison_of_two_methods(tmp_path):
-    from benchmark.tracking import Tracker
+    from benchmark.core.tracking import Tracker
 
     results = tmp_path / "results"
     ids = {}
@@ -576,7 +578,8 @@ def test_sections_are_labelled_by_what_differs_and_ties_are_not_marked(tmp_path)
 
 
 def test_rows_name_parameters_that_differ_from_the_method_defaults(tmp_path):
-    from benchmark.registry import METHODS, load_plugins
+    from benchmark.core.registry import METHODS
+    from benchmark.plugins import load_plugins
 
     load_plugins()
     default_steps = METHODS.get("medi").default_params("smoke").steps
@@ -588,7 +591,7 @@ def test_rows_name_parameters_that_differ_from_the_method_defaults(tmp_path):
 
 
 def test_leaderboard_intervals_stay_inside_the_metrics_range():
-    from benchmark.reporting import Row
+    from benchmark.report import Row
 
     row = Row("m", "m", [{"metrics": {"test_unseen/worst_group_accuracy": v, "test_unseen/shortcut_gap": g,
                                       "fid/fbank/mean": f}}
@@ -602,7 +605,7 @@ def test_leaderboard_intervals_stay_inside_the_metrics_range():
 
 
 def test_runs_pair_only_within_one_cohort():
-    from benchmark.reporting import Row
+    from benchmark.report import Row
 
     def rec(seed, world):
         return {"seed": seed, "metrics": {"m": 0.5},

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import launchers, sweep
+from benchmark.orchestration import launchers, sweep
 from tests.conftest import run_cli
 
 GRID = ["--methods", "none,stain_norm", "--tasks", "nsclc", "--seeds", "2", "--preset", "smoke", "--no-progress"]

@@ -1,4 +1,4 @@
-"""benchmark.stats: known answers, agreement with the runner's metrics, and calibration under patient-clustered data.
+"""evaluation.stats: known answers, agreement with the runner's metrics, and calibration under patient-clustered data.
 
 The calibration simulations follow the benchmark's data: patients whose patches share the patient's outcome (a
 patient is read right or wrong as a whole), test sets of a few dozen patients, a handful of replicates.
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from benchmark import metrics as M
-from benchmark import stats
+from benchmark.evaluation import metrics as M
+from benchmark.evaluation import stats
 
 # ---------------------------------------------------------------------------------------------------------------
 # known answers

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import sweep, threads
+from benchmark.core import threads
+from benchmark.orchestration import sweep
 from tests.conftest import ROOT, ctrl_c_when, run_cli
 
 SMOKE = ["--preset", "smoke", "--no-progress"]
@@ -106,7 +107,7 @@ _CLEANUP_FAILS = """
 import errno, sys, time
 from pathlib import Path
 from benchmark.protocols import Method
-from benchmark.registry import METHODS
+from benchmark.core.registry import METHODS
 
 @METHODS.register("cleanupfails", "fails with its own error while unwinding a Ctrl-C, as some libraries do")
 class CleanupFails(Method):
@@ -120,7 +121,7 @@ class CleanupFails(Method):
         except KeyboardInterrupt:
             raise OSError(errno.EBADF, "Bad file descriptor") from None
 
-from benchmark.__main__ import main
+from benchmark.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -190,7 +191,7 @@ def test_ctrl_c_stops_every_worker_of_a_pool(tmp_path):
 def test_a_job_running_elsewhere_is_not_run_twice_and_the_sweep_waits_for_it(tmp_path):
     """The run's lock, held by another process (another sweep, a SLURM job, another host), keeps the job from running
     twice; the sweep runs the other jobs, then waits for that one and reuses its record."""
-    from benchmark.runner import _RunLock
+    from benchmark.orchestration.runner import _RunLock
 
     out = tmp_path / "results"
     jobs = sweep.plan_jobs(["none"], ["nsclc"], [0, 1], "smoke", "auto", [], out)
@@ -219,9 +220,9 @@ def test_a_job_running_elsewhere_is_not_run_twice_and_the_sweep_waits_for_it(tmp
 
 def test_a_second_process_waits_for_the_model_being_trained(tmp_path):
     """Sweep workers running two seeds of one method share its model: the second waits, it does not retrain."""
-    from benchmark.training import Checkpoints
+    from benchmark.training.loop import Checkpoints
 
-    code = ("import sys; from benchmark.training import Checkpoints\n"
+    code = ("import sys; from benchmark.training.loop import Checkpoints\n"
             f"with Checkpoints({str(tmp_path)!r}).exclusive():\n    print('got it', flush=True)\n")
     with Checkpoints(tmp_path).exclusive():
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -234,7 +235,7 @@ def test_a_second_process_waits_for_the_model_being_trained(tmp_path):
 
 def test_a_record_missing_from_results_jsonl_is_added_once(tmp_path):
     """A run interrupted after record.json but before its results.jsonl line is completed on reuse, once."""
-    from benchmark.tracking import append_record, read_records
+    from benchmark.core.tracking import append_record, read_records
 
     rec = {"run_id": "abc", "started": "2026-01-01T00:00:00+00:00", "metrics": {}}
     append_record(tmp_path, rec, if_missing=True)
@@ -248,7 +249,7 @@ def test_atomic_files_are_readable_by_others(tmp_path):
     """Results and figures written atomically get the usual permissions, not mkstemp's 0600."""
     import importlib
 
-    import benchmark.cache as cache
+    import benchmark.core.cache as cache
 
     old = os.umask(0o022)
     try:

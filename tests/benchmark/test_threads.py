@@ -1,4 +1,4 @@
-"""Thread budgets for processes that run side by side (``benchmark.threads``)."""
+"""Thread budgets for processes that run side by side (``benchmark.core.threads``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmark import threads
+from benchmark.core import threads
 
 
 @pytest.mark.parametrize(("cores", "processes", "expected"), [(2, 1, 2), (2, 2, 1), (2, 3, 1), (16, 3, 5), (1, 4, 1)])
@@ -33,7 +33,7 @@ def test_limit_caps_torch_and_every_blas_pool():
     code = """
 import json, numpy, sklearn.linear_model, torch
 from threadpoolctl import threadpool_info
-from benchmark import threads
+from benchmark.core import threads
 threads.limit(1)
 print(json.dumps({"torch": torch.get_num_threads(), "pools": [p["num_threads"] for p in threadpool_info()]}))
 """

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.config import ConfigError, search_space
-from benchmark.runner import build_config
+from benchmark.core.config import ConfigError, search_space
+from benchmark.orchestration.runner import build_config
 from tests.conftest import run_cli
 
 GUIDED = ["method.class_dropout=0.1", "method.meta_dropout=0.1"]  # a model trained for guidance
@@ -88,7 +88,7 @@ def test_fields_with_search_ranges_still_behave_like_plain_fields():
 def test_suggest_skips_guidance_without_condition_dropout():
     import optuna
 
-    from benchmark.tune import suggest
+    from benchmark.orchestration.tune import suggest
 
     base = build_config("medi", "nsclc", "smoke", device="cpu", overrides=GUIDED)
     space = search_space(base)
@@ -100,7 +100,7 @@ def test_suggest_skips_guidance_without_condition_dropout():
 
 
 def test_objective_is_validation_only_with_a_balanced_accuracy_fallback():
-    from benchmark.tune import objective_value
+    from benchmark.orchestration.tune import objective_value
 
     metrics = {"val/worst_group_accuracy": 0.4, "val/balanced_accuracy": 0.8, "test_unseen/worst_group_accuracy": 0.1}
     assert objective_value({"metrics": metrics}) == (0.4, "val/worst_group_accuracy")
@@ -111,7 +111,7 @@ def test_objective_is_validation_only_with_a_balanced_accuracy_fallback():
 
 
 def test_a_tunable_key_fixed_by_set_is_not_searched(tmp_path):
-    from benchmark.tune import tune
+    from benchmark.orchestration.tune import tune
 
     with pytest.raises(ConfigError, match="nothing to tune for none on preset smoke"):
         tune("none", "nsclc", 2, preset="smoke", device="cpu", out=tmp_path, overrides=["probe.C=0.5"])
@@ -125,8 +125,8 @@ def test_a_tunable_key_fixed_by_set_is_not_searched(tmp_path):
 @pytest.fixture(scope="module")
 def study4(tmp_path_factory):
     """A 4-trial, 2-seed study of `none` on the smoke preset, made through the Python API; the metric keys it read."""
-    from benchmark import runner
-    from benchmark.tune import tune
+    from benchmark.orchestration import runner
+    from benchmark.orchestration.tune import tune
 
     out = tmp_path_factory.mktemp("study4")
     seen: set[str] = set()
@@ -177,7 +177,7 @@ def test_study_values_are_validation_worst_group_accuracy(study4):
 def test_resume_runs_up_to_n_finished_trials(tmp_path):
     import optuna
 
-    from benchmark.tune import tune
+    from benchmark.orchestration.tune import tune
 
     study = tune("none", "nsclc", 3, preset="smoke", device="cpu", out=tmp_path, seeds=1, echo=lambda *a: None)
     # a trial left RUNNING by a killed worker on this host, and one a worker elsewhere is still running
@@ -226,7 +226,7 @@ def test_local_workers_share_one_study(tmp_path):
 
 
 def test_best_reruns_with_fresh_seeds_and_prints_a_table(study4, capsys):
-    from benchmark.__main__ import main
+    from benchmark.cli import main
 
     study, tmp_path, _, _ = study4
     code = main(["tune", "--method", "none", "--task", "nsclc", "--preset", "smoke", "--device", "cpu", "--best",
@@ -270,7 +270,7 @@ def test_bad_storage_url_is_one_line_and_exit_2(tmp_path):
     ],
 )
 def test_errors_in_process_are_one_line(tmp_path, capsys, args, code, needle):
-    from benchmark.__main__ import main
+    from benchmark.cli import main
 
     assert main(["-q", "tune", "--method", "none", "--task", "nsclc", "--preset", "smoke", "--device", "cpu",
                  "--out", str(tmp_path), *args]) == code

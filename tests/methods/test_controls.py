@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import endpoints
-from benchmark.config import FOLLOW
+from benchmark.core.config import FOLLOW
+from benchmark.core.registry import METHODS, TASKS
+from benchmark.evaluation import endpoints
+from benchmark.orchestration.runner import build_config
+from benchmark.plugins import load_plugins
 from benchmark.protocols import Context
-from benchmark.registry import METHODS, TASKS, load_plugins
-from benchmark.runner import build_config
 from tests.conftest import run_cli
 
 
@@ -62,7 +63,7 @@ def test_oracle_adds_true_patches_of_exactly_the_combinations_medi_fills(smoke_n
 
 
 def test_oracle_is_refused_on_a_fixed_cohort(smoke_nsclc, tmp_path):
-    from benchmark.config import ConfigError
+    from benchmark.core.config import ConfigError
 
     task, splits = smoke_nsclc
     fixed = TASKS.get("nsclc")(replace(task.data, manifest="cohort.csv"), task.split, None)

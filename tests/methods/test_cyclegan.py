@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.data import METADATA_COLUMNS, Split
-from benchmark.generation import expand_plan, generation_plan
+from benchmark.core.data import METADATA_COLUMNS, Split
+from benchmark.core.generation import expand_plan, generation_plan
 from benchmark.protocols import Context
-from benchmark.training import TrainingError
+from benchmark.training.loop import TrainingError
 from methods import cyclegan as cg
 from methods.cyclegan import CycleGAN, Params, build_networks
 from methods.stain_norm import mean_lab
@@ -198,7 +198,7 @@ def test_translation_moves_colour_towards_the_named_site(tmp_path):
 
 
 def test_presets_and_overrides():
-    from benchmark.runner import build_config
+    from benchmark.orchestration.runner import build_config
 
     for preset in ("smoke", "cpu", "gpu", "paper"):
         p = CycleGAN.default_params(preset)

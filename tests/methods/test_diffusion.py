@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.config import ConfigError
-from benchmark.data import UNKNOWN
+from benchmark.core.config import ConfigError
+from benchmark.core.data import UNKNOWN
 from benchmark.protocols import Context
-from benchmark.training import Checkpoints, TrainingError
+from benchmark.training.loop import Checkpoints, TrainingError
 from methods.diffusion import (
     CLS,
     GUIDED,

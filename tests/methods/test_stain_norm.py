@@ -196,7 +196,7 @@ def test_reference_is_deterministic_and_configurable(nsclc, tmp_path, he_tiles):
 
 
 def test_cli_keys_resolve():
-    from benchmark.runner import build_config
+    from benchmark.orchestration.runner import build_config
 
     cfg = build_config("stain_norm", "nsclc", "smoke", 0, "cpu", ["method.normalizer=reinhard", "method.io=250"])
     assert cfg.method_params == Params(normalizer="reinhard", io=250.0)

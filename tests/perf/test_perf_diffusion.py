@@ -1,6 +1,6 @@
 """Diffusion speed against plain references in the same run (``pytest tests/perf/test_perf_diffusion.py -s``).
 
-The measurements are ``benchmark.perf``'s stages (the same code ``python -m benchmark perf`` runs):
+The measurements are ``benchmark.studies.perf``'s stages (the same code ``python -m benchmark perf`` runs):
 
 1. Training images/s of our training step (as methods/diffusion.train_diffusion: resolved precision, fused AdamW,
    clipping, EMA) on the cpu preset's UNet against a plain fp32 diffusers loop on the same UNet and batch.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark import perf
+from benchmark.studies import perf
 
 RESULTS = Path("results")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.encoders import FilterBankEncoder
+from benchmark.evaluation.encoders import FilterBankEncoder
 
 N = 512
 
@@ -31,7 +31,7 @@ def test_fbank_throughput(benchmark, patches):
 
 
 def test_reference_resnet18_throughput(benchmark, patches):
-    from benchmark._compat import ensure_torchvision
+    from benchmark.core._compat import ensure_torchvision
 
     ensure_torchvision()
     import timm

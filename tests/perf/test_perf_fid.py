@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import fid
-from benchmark.encoders import FilterBankEncoder
+from benchmark.evaluation import fid
+from benchmark.evaluation.encoders import FilterBankEncoder
 from tests.benchmark.test_fid import he_crops, random_inception_file  # noqa: F401  (fixture)
 
 N_IMAGES = 64

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage, stats
 
-from benchmark.data import METADATA_COLUMNS, Split
+from benchmark.core.data import METADATA_COLUMNS, Split
 from tasks import embedded as E
 
 SPEC = E.CohortSpec(n_patients=240, patches_per_patient=2)

@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from benchmark.config import PRESETS, ConfigError
-from benchmark.data import METADATA_COLUMNS, UNKNOWN
-from benchmark.registry import TASKS, load_plugins
+from benchmark.core.config import PRESETS, ConfigError
+from benchmark.core.data import METADATA_COLUMNS, UNKNOWN
+from benchmark.core.registry import TASKS
+from benchmark.plugins import load_plugins
 from tasks import manifest, task_file
 from tasks.manifest import DataError, build_index, load_index, read_manifest
 from tasks.task_file import read_task_file, resolve_task_file
@@ -297,7 +298,7 @@ def test_task_names_clash(cohort: tuple[Path, pd.DataFrame], registry) -> None:
 
 def test_task_file_content_is_part_of_the_run_hash(cohort: tuple[Path, pd.DataFrame], registry,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmark.runner import build_config, run_dir_for
+    from benchmark.orchestration.runner import build_config, run_dir_for
 
     csv, _ = cohort
     a = build_config("none", str(write_task(csv.parent)), "smoke", 0, "cpu")
@@ -325,7 +326,7 @@ def test_manifest_content_is_part_of_the_run_hash(cohort: tuple[Path, pd.DataFra
     """A manifest edited in place (one label corrected) is another cohort: another run, never the old record."""
     import hashlib
 
-    from benchmark.runner import build_config
+    from benchmark.orchestration.runner import build_config
 
     csv, table = cohort
     task = str(write_task(csv.parent))
@@ -339,7 +340,7 @@ def test_manifest_content_is_part_of_the_run_hash(cohort: tuple[Path, pd.DataFra
 
 def test_task_file_task_splits_by_its_columns(cohort: tuple[Path, pd.DataFrame], registry) -> None:
     csv, _ = cohort
-    from benchmark.runner import build_config
+    from benchmark.orchestration.runner import build_config
 
     cfg = build_config("none", str(write_task(csv.parent)), "smoke", 0, "cpu")
     task = registry.get(cfg.task)(cfg.data, cfg.split)
@@ -355,7 +356,7 @@ def test_task_file_task_splits_by_its_columns(cohort: tuple[Path, pd.DataFrame],
 @pytest.mark.parametrize("case", ["class", "group column", "heldout key", "no manifest"])
 def test_task_file_against_its_manifest(cohort: tuple[Path, pd.DataFrame], registry, case: str) -> None:
     csv, _ = cohort
-    from benchmark.runner import build_config
+    from benchmark.orchestration.runner import build_config
 
     values, message = {
         "class": ({**TASK, "classes": ["normal", "tumour"]},
@@ -387,8 +388,8 @@ def test_registered_task_on_a_manifest(tmp_path: Path, crops: list[np.ndarray], 
 
 
 def test_sweep_and_tune_take_a_task_file(cohort: tuple[Path, pd.DataFrame], registry, tmp_path: Path) -> None:
-    from benchmark.__main__ import parse_tasks
-    from benchmark.tune import prepare
+    from benchmark.cli.common import parse_tasks
+    from benchmark.orchestration.tune import prepare
 
     csv, _ = cohort
     task = str(write_task(csv.parent))
@@ -478,8 +479,9 @@ def test_bad_input_from_the_cli_is_one_line_and_an_exit_code(cohort: tuple[Path,
 def test_a_worker_process_gets_a_task_file_task_from_the_config(cohort: tuple[Path, pd.DataFrame], registry,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A launcher hands configs, not command lines, to its workers: ensure_task reads the file again there."""
-    from benchmark.registry import RegistryError, ensure_task
-    from benchmark.runner import build_config
+    from benchmark.core.registry import RegistryError
+    from benchmark.orchestration.runner import build_config
+    from benchmark.plugins import ensure_task
 
     csv, _ = cohort
     cfg = build_config("none", str(write_task(csv.parent)), "smoke", 0, "cpu")

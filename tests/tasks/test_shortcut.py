@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.data import METADATA_COLUMNS, Split
-from benchmark.registry import METHODS, TASKS
-from benchmark.runner import Probe, build_config
+from benchmark.core.data import METADATA_COLUMNS, Split
+from benchmark.core.registry import METHODS, TASKS
+from benchmark.orchestration.runner import Probe, build_config
 from tasks import embedded
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.config import SplitConfig
+from benchmark.core.config import SplitConfig
 from tasks.splits import SplitError, assign_splits, describe, heldout_keys, patient_table
 
 

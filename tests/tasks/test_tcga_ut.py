@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
-from benchmark.data import METADATA_COLUMNS, UNKNOWN, ImageSource, Split
+from benchmark.core.data import METADATA_COLUMNS, UNKNOWN, ImageSource, Split
 from tasks import patches
 from tasks.tcga_ut import (
     TCGA_PROJECTS,

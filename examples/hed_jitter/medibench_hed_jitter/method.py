@@ -21,9 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmark.config import tunable
-from benchmark.data import Split, concat
-from benchmark.protocols import Context, Method
+from benchmark.protocols import Context, Method, Split, concat, tunable
 
 #: Ruifrok and Johnston's optical-density vectors of haematoxylin, eosin and DAB (rows), as scikit-image's
 #: ``skimage.color.rgb_from_hed``; its inverse maps optical density to stain amounts.
