@@ -29,6 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     fz.add_argument("--allow-dirty", action="store_true",
                     help="freeze records of uncommitted or mixed code too (marked in the manifest); by default "
                     "frozen results must come from one clean commit")
+    fz.add_argument("--finished-only", action="store_true",
+                    help="freeze the jobs that have finished and list the others in the manifest (\"complete\": "
+                    "false): to keep a long sweep's progress; `sweep --from-frozen <folder>` resumes from it")
     return fz
 
 
@@ -43,9 +46,13 @@ def command(args: argparse.Namespace) -> int:
     grid = f"--methods {args.methods} --tasks {args.tasks} --seeds {args.seeds} --preset {preset}" + (
         " --set " + " ".join(args.overrides) if args.overrides else "")
     command = f"python -m benchmark sweep {grid} && python -m benchmark freeze {grid}"
-    manifest = freeze.freeze(jobs, dest, command, commit, allow_dirty=args.allow_dirty)
+    manifest = freeze.freeze(jobs, dest, command, commit, allow_dirty=args.allow_dirty,
+                             finished_only=args.finished_only)
     hours = manifest["sum_of_run_durations_s"] / 3600
     print(f"froze {manifest['runs']} runs into {dest} (run durations {hours:.2f} h; records from "
           f"{', '.join(manifest['record_commits'])})")
+    if not manifest["complete"]:
+        print(f"{len(manifest['unfinished'])} of {len(jobs)} jobs not finished (listed in the manifest); resume "
+              f"them: python -m benchmark sweep {grid} --from-frozen {dest}")
     print(f"render it: python -m benchmark report --results {dest}")
     return 0

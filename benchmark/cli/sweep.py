@@ -47,6 +47,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     help="the protocol file (TOML) the report will test, declared into --out before the first job "
                     "(default benchmark/endpoints.toml); a results folder keeps the protocol it started with")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in logs)")
+    sw.add_argument("--from-frozen", type=Path, default=None, metavar="FOLDER",
+                    help="first take the finished runs of this grid from a frozen folder (`freeze --finished-only` "
+                    "keeps a long sweep's progress there) into --out, then run the rest")
     return sw
 
 
@@ -61,6 +64,10 @@ def command(args: argparse.Namespace) -> int:
     from benchmark.evaluation import endpoints
 
     methods, tasks, seeds, jobs = plan_grid(args, args.out)
+    if args.from_frozen is not None and not (args.status or args.dry_run):
+        from benchmark.orchestration.freeze import thaw
+
+        print(f"took {thaw(jobs, args.from_frozen)} finished run(s) of this grid from {args.from_frozen}")
     try:
         protocol = endpoints.load(args.endpoints)
         if not (args.status or args.dry_run):

@@ -63,11 +63,15 @@ def cut_samples(src: Path, dst: Path, max_sites: int = SAMPLE_SITES) -> int:
     return int(mask.sum())
 
 
-def freeze(jobs: Sequence, dest: Path, command: str, commit: str, allow_dirty: bool = False) -> dict:
+def freeze(jobs: Sequence, dest: Path, command: str, commit: str, allow_dirty: bool = False,
+           finished_only: bool = False) -> dict:
     """Copy the finished ``jobs`` (``orchestration.sweep.Job``) into ``dest``; the manifest (``commit``: the tree's).
 
-    Raises FreezeError naming the unfinished jobs, when ``dest`` exists, or (unless ``allow_dirty``) when the
-    records do not all come from one clean commit: published results must name the code that made them."""
+    Raises FreezeError naming the unfinished jobs (unless ``finished_only``: then the finished ones are frozen and
+    the manifest says ``"complete": false`` and lists the rest, so a long sweep's progress can be kept in the
+    repository and resumed elsewhere with ``sweep --from-frozen``), when ``dest`` exists, or (unless
+    ``allow_dirty``) when the records do not all come from one clean commit: published results must name the code
+    that made them."""
     from benchmark.orchestration.runner import load_record
 
     dest = Path(dest)
@@ -77,7 +81,11 @@ def freeze(jobs: Sequence, dest: Path, command: str, commit: str, allow_dirty: b
         raise ConfigError("nothing to freeze: the grid has no jobs")
     records = [(job, load_record(job.run_dir)) for job in jobs]
     missing = [job.name for job, rec in records if rec is None]
-    if missing:
+    if finished_only:
+        records = [(job, rec) for job, rec in records if rec is not None]
+        if not records:
+            raise FreezeError(f"none of the {len(jobs)} jobs has a finished record: nothing to freeze")
+    elif missing:
         raise FreezeError(
             f"{len(missing)} of {len(jobs)} jobs have no finished record ({', '.join(missing[:8])}"
             f"{', ...' if len(missing) > 8 else ''}): run the same grid with `python -m benchmark sweep` first"
@@ -143,6 +151,8 @@ def freeze(jobs: Sequence, dest: Path, command: str, commit: str, allow_dirty: b
             "grid": {"methods": sorted({j.cfg.method for j in jobs}), "tasks": sorted({j.cfg.task for j in jobs}),
                      "seeds": sorted({j.cfg.seed for j in jobs}), "presets": sorted({j.cfg.preset for j in jobs})},
             "runs": len(records),
+            "complete": not missing,
+            "unfinished": missing,
             "record_commits": commits,
             "one_clean_commit": len(commits) == 1 and not commits[0].endswith("-dirty") and commits[0] != "unknown",
             "hosts": hosts,
@@ -157,3 +167,35 @@ def freeze(jobs: Sequence, dest: Path, command: str, commit: str, allow_dirty: b
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def thaw(jobs: Sequence, frozen: Path) -> int:
+    """Copy into each unfinished job's run directory the run of the same content address that ``frozen`` (a folder
+    made by :func:`freeze`) holds, and its declared protocol into the results folder; how many runs were copied.
+    ``sweep --from-frozen`` uses it to resume a grid from a (partial) frozen record on a machine that lost the
+    sweep's own folder: those runs are then done, the rest are run."""
+    from benchmark.evaluation.endpoints import DECLARED_NAME
+    from benchmark.orchestration.runner import load_record
+
+    frozen = Path(frozen)
+    if not (frozen / "MANIFEST.json").is_file():
+        raise FreezeError(f"{frozen} is not a frozen results folder (no MANIFEST.json)")
+    copied = 0
+    for job in jobs:
+        src = frozen / "runs" / job.cfg.task / job.cfg.method / job.run_dir.name
+        if load_record(job.run_dir) is not None or load_record(src) is None:
+            continue
+        job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = job.run_dir.with_name(f".{job.run_dir.name}.thaw")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        if job.run_dir.exists():  # an unfinished attempt: the frozen run replaces it
+            shutil.rmtree(job.run_dir)
+        tmp.rename(job.run_dir)
+        copied += 1
+    if jobs and (frozen / DECLARED_NAME).is_file():
+        results = jobs[0].run_dir.parents[3]
+        if not (results / DECLARED_NAME).is_file():
+            results.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(frozen / DECLARED_NAME, results / DECLARED_NAME)
+    return copied

@@ -106,3 +106,42 @@ def test_a_process_records_the_commit_of_the_code_it_loaded(monkeypatch):
     provenance.git_commit.cache_clear()
     assert provenance.git_commit().startswith("0123456789")  # a new process would see the new commit
     provenance.git_commit.cache_clear()
+
+
+def test_a_partial_freeze_keeps_a_sweeps_progress_and_a_new_folder_resumes_from_it(tmp_path):
+    """freeze --finished-only keeps what finished (the manifest says what did not); sweep --from-frozen on a machine
+    without the sweep's folder takes those runs and runs only the rest; the full freeze then holds the same
+    records."""
+    out, partial = tmp_path / "results", tmp_path / "partial"
+    first = run_cli("sweep", *GRID[:5], "1", *GRID[6:], "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    dirty_ok = "--allow-dirty"  # this test is about unfinished jobs, not commits (the test above is)
+    frozen = run_cli("freeze", *GRID, "--results", str(out), "--dest", str(partial), "--finished-only", dirty_ok,
+                     cwd=tmp_path)
+    assert frozen.returncode == 0, frozen.stderr
+    assert "froze 2 runs" in frozen.stdout and "2 of 4 jobs not finished" in frozen.stdout
+    assert "--from-frozen" in frozen.stdout
+    manifest = json.loads((partial / "MANIFEST.json").read_text())
+    assert manifest["complete"] is False and manifest["unfinished"] == ["none-nsclc-s1", "stain_norm-nsclc-s1"]
+    strict = run_cli("freeze", *GRID, "--results", str(out), "--dest", str(tmp_path / "strict"), dirty_ok,
+                     cwd=tmp_path)
+    assert strict.returncode != 0 and "2 of 4 jobs have no finished record" in strict.stderr
+
+    shutil.rmtree(out)  # the machine lost the sweep's folder
+    other = tmp_path / "elsewhere"
+    resumed = run_cli("sweep", *GRID, "--out", str(other), "--no-progress", "--from-frozen", str(partial),
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "took 2 finished run(s) of this grid" in resumed.stdout and "done 2" in resumed.stdout
+    assert "to run 2" in resumed.stdout
+    full = tmp_path / "full"
+    done = run_cli("freeze", *GRID, "--results", str(other), "--dest", str(full), dirty_ok, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((full / "MANIFEST.json").read_text())["complete"] is True
+    kept = {r["run_id"]: r for r in map(json.loads, (partial / "results.jsonl").read_text().splitlines())}
+    final = {r["run_id"]: r for r in map(json.loads, (full / "results.jsonl").read_text().splitlines())}
+    assert set(kept) < set(final) and all(final[k]["metrics"] == kept[k]["metrics"] for k in kept)
+    assert (full / "endpoints.toml").read_bytes() == (partial / "endpoints.toml").read_bytes()
+    missing = run_cli("sweep", *GRID, "--out", str(other), "--from-frozen", str(tmp_path / "nothing"),
+                      cwd=tmp_path)
+    assert missing.returncode == 1 and "nothing is not a frozen results folder" in missing.stderr
