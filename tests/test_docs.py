@@ -35,7 +35,8 @@ def test_a_broken_link_fails_the_build(tmp_path):
     copy = tmp_path / "repo"
     for name in ("docs", "reports", "results", "examples"):
         shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("runs", "*.egg-info"))
-    shutil.copy(ROOT / "mkdocs.yml", copy)
+    for name in ("mkdocs.yml", "README.md"):
+        shutil.copy(ROOT / name, copy)
     (copy / "docs" / "metrics.md").write_text((copy / "docs" / "metrics.md").read_text()
                                               + "\nSee [the missing page](nowhere.md).\n")
     result = build(copy, tmp_path / "site")
