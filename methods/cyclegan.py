@@ -309,7 +309,8 @@ class Trainer:
         if len(images) != len(domains) or len(images) == 0:
             raise ValueError(f"need matching, non-empty images and domains, got {len(images)} and {len(domains)}")
         self.p, self.device, self.n_domains = params, device, n_domains
-        self.images = torch.from_numpy(np.require(images, np.uint8, ["C", "W"]))  # uint8 on the CPU, batches move
+        # uint8 on the CPU (an array, or a view of the memory-mapped cohort): each step reads its batch's rows
+        self.images = np.require(images, np.uint8, ["C", "W"]) if isinstance(images, np.ndarray) else images
         self.domains = torch.from_numpy(np.array(domains, dtype=np.int64))
         # real patches of each domain: rows order[start[d] : start[d] + count[d]]; the last domain (Unknown) = all
         known = n_domains - 1
@@ -336,7 +337,7 @@ class Trainer:
         return p.lr * (1.0 - max(0, step - constant) / float(p.decay_steps + 1))
 
     def _batch(self, idx: Any, flips: Any) -> Any:
-        x = to_tensor(self.images[idx].numpy(), self.device)
+        x = to_tensor(np.asarray(self.images[idx.numpy()]), self.device)
         return _flip(x, flips.to(self.device))
 
     def _query_pool(self, fake: Any, domains: Any, g: Any) -> tuple[Any, Any]:
@@ -487,14 +488,14 @@ class CycleGAN(Method):
 
     def _prepare(self, train: Split) -> tuple[np.ndarray, np.ndarray]:
         """Keep the real training patches (the translation sources); their images and site indices."""
-        real = train.subset(~train.metadata["is_synthetic"].astype(bool).to_numpy(), "train").load()
+        real = train.subset(~train.metadata["is_synthetic"].astype(bool).to_numpy(), "train")  # a view, not read
         if len(real) == 0:
             raise ValueError("cyclegan needs real training patches; the training split has none")
         self.train_split = real
         sites = real.metadata["tissue_source_site"].astype(str)
         self.vocabulary = sorted(set(sites) - {UNKNOWN}) + [UNKNOWN]
         index = {s: i for i, s in enumerate(self.vocabulary)}
-        return np.asarray(real.images), sites.map(index).to_numpy(dtype=np.int64)
+        return real.images, sites.map(index).to_numpy(dtype=np.int64)
 
     def model_dir(self, train: Split, ctx: Context) -> Path:
         """Where the model trained on ``train`` with these parameters lives (content-addressed)."""
@@ -632,7 +633,7 @@ class CycleGAN(Method):
         if len(conditions) == 0:
             size = self.train_split.image_size
             return np.zeros((0, size, size, 3), dtype=np.uint8), src
-        images = self.translate(np.asarray(self.train_split.images)[src], targets, ctx, shard=shard)
+        images = self.translate(np.asarray(self.train_split.images[src]), targets, ctx, shard=shard)
         return images, src
 
     def augment(self, train: Split, ctx: Context) -> Split:
@@ -654,7 +655,7 @@ class CycleGAN(Method):
         from methods.stain_norm import mean_lab
 
         real = self.train_split
-        real_lab = mean_lab(np.asarray(real.images))
+        real_lab = mean_lab(real.images)  # in batches
         centres = pd.DataFrame(real_lab).groupby(real.metadata["tissue_source_site"].astype(str).to_numpy()).mean()
         targets = conditions["tissue_source_site"].astype(str)
         known = targets.isin(centres.index).to_numpy()
@@ -694,7 +695,7 @@ class CycleGAN(Method):
                     seen.add(sites.iloc[i])
                     src_idx.append(int(i))
         src_idx = src_idx[:n_sources]
-        imgs = np.asarray(real.images)
+        imgs = real.images  # the few rows shown are read where they are used
         cells = {(0, 1 + c): imgs[[int(np.flatnonzero((sites == t).to_numpy())[0])]] for c, t in enumerate(targets)}
         labels = ["real patch of the target site"]
         for r, i in enumerate(src_idx, start=1):

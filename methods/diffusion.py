@@ -458,15 +458,24 @@ class DiffusionModel:
         out.update({"norm.mean": self.pixel_mean, "norm.std": self.pixel_std})
         return out
 
-    def set_normalization(self, images: np.ndarray) -> None:
-        """Per-channel mean and std of ``images`` (uint8 NHWC) in [-1, 1] units, if ``params.normalize``."""
+    def set_normalization(self, images: np.ndarray, batch_size: int = 4096) -> None:
+        """Per-channel mean and std of ``images`` (uint8 NHWC, or a view of a mapped file) in [-1, 1] units, if
+        ``params.normalize``; two passes over batches (the std about the mean, as numpy computes it), so the
+        memory does not grow with the cohort."""
         import torch
 
         if self.params.normalize != "channel" or len(images) == 0:
             return
-        x = np.asarray(images, dtype=np.float64).reshape(-1, 3) / 127.5 - 1.0
-        self.pixel_mean = torch.tensor(x.mean(axis=0), dtype=torch.float32)
-        self.pixel_std = torch.tensor(np.maximum(x.std(axis=0), 1e-3), dtype=torch.float32)
+        n = len(images) * int(np.prod(images.shape[1:3]))
+
+        def pixels(start: int) -> np.ndarray:
+            return np.asarray(images[start : start + batch_size], dtype=np.float64).reshape(-1, 3) / 127.5 - 1.0
+
+        starts = range(0, len(images), batch_size)
+        mean = sum(pixels(a).sum(axis=0) for a in starts) / n
+        var = sum(((pixels(a) - mean) ** 2).sum(axis=0) for a in starts) / n
+        self.pixel_mean = torch.tensor(mean, dtype=torch.float32)
+        self.pixel_std = torch.tensor(np.maximum(np.sqrt(var), 1e-3), dtype=torch.float32)
 
     def to_model_space(self, x):
         """[-1, 1] pixels (N, 3, H, W) -> what the diffusion model sees."""
@@ -596,9 +605,10 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     unet, cond, optimizer, lr_sched = accelerator.prepare(model.unet, model.cond, optimizer, lr_sched)
     ema = EMAModel(params, decay=p.ema_decay, foreach=True) if p.ema else None
     alphas = model.noise_scheduler().alphas_cumprod.to(device)
-    # 2. data in memory as uint8; class-balanced sampling weights (1 / count(class))
+    # 2. the images stay where they are (an array, or a view of the memory-mapped cohort): each step reads its
+    # batch's rows; class-balanced sampling weights (1 / count(class))
     model.set_normalization(train.images)
-    images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
+    images = train.images
     labels, codes = model.codes(train.metadata)
     counts = np.bincount(labels, minlength=len(model.classes)).astype(np.float64)
     weights = torch.as_tensor(1.0 / np.maximum(counts[labels], 1.0))
@@ -607,7 +617,8 @@ def train_diffusion(model: DiffusionModel, train: Split, ckpt, ctx: Context, sto
     def batch(step: int):
         g = step_generator(model.seed, step)
         idx = torch.multinomial(weights, p.batch_size, replacement=True, generator=g)
-        x = model.to_model_space(images[idx].float().div_(127.5).sub_(1.0))
+        rows = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).permute(0, 3, 1, 2).contiguous()
+        x = model.to_model_space(rows.float().div_(127.5).sub_(1.0))
         if p.flips:
             k = int(torch.randint(0, 4, (1,), generator=g))
             x = torch.rot90(x, k, dims=(2, 3))
@@ -819,7 +830,7 @@ class DiffusionMethod(Method):
             if self._load_cached(ckpt, ctx):
                 return
             ctx.report["model_reused"] = False
-            stats = train_diffusion(self.model, train.load(), ckpt, ctx)
+            stats = train_diffusion(self.model, train, ckpt, ctx)
             ctx.report.update(stats)
 
     def load(self, train: Split, ctx: Context) -> bool:

@@ -4,7 +4,8 @@ policy.
 Used by every cohort that lives in image files (tasks/manifest.py: a CSV manifest, or the TCGA-UT folder layout)::
 
     images = PathImages(paths, size=64, on_error="skip")
-    pixels, good, decoded = decode_all(images, cache_dir)     # bad files found before any split
+    pixels, good, decoded = decode_all(images, cache_dir)     # bad files found before any split; pixels: a view of
+                                                              # one memory-mapped .npy, shared by every process
 
 A corrupt, truncated, zero-byte or missing file is a DataError naming it (``on_error="fail"``) or is dropped and listed
 (``"skip"``); RGBA, palette, grayscale, CMYK and 16-bit images are converted explicitly and counted.
@@ -18,8 +19,7 @@ import logging
 import os
 import threading
 import time
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from benchmark.core.cache import atomic_file
+from benchmark.core.cache import atomic_write_json, fsync_dir
+from benchmark.core.data import ArrayImages
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class DecodeReport:
     cache_path: str | None
     cache_rebuilt: str | None  # why an existing cache file was not trusted
     seconds: float
+    resumed_at: int = 0  # patches a killed decode had already written when this one resumed
 
     def to_dict(self) -> dict:
         """JSON-able copy."""
@@ -240,126 +242,311 @@ class PathImages:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# decode once, cached
+# decode once, into one memory-mapped file
+#
+# The cache of a cohort is two files in ``cache_dir``: ``tcga_ut_<key>.npy``, every image's pixels (uint8
+# N x size x size x 3, a bad file's row left black), and ``tcga_ut_<key>.json``, what the decode found (the bad files,
+# the colour conversions); the JSON is written last, so its presence says the pixels are complete. A plain ``.npy``
+# (not a compressed or chunked format) because numpy maps it with no library and no decompression, every process
+# that opens it shares the operating system's pages, and a patch is one contiguous slice of it.
+#
+# The decode writes into ``.tcga_ut_<key>.npy.partial`` through a memory map, so its memory does not grow with the
+# cohort either, and records how far it got in ``.tcga_ut_<key>.progress.json`` after each chunk: a decode that is
+# killed resumes from there. A lock file makes a second process (another sweep worker) wait for the first's decode
+# instead of doing it again.
+
+#: Patches decoded between two saves of the progress file.
+CHUNK = 1024
+#: Seconds between two saves of the progress file (at chunk ends).
+SAVE_SECONDS = 2.0
+#: Cohorts at least this large are decoded by worker processes (PIL's Python-side work holds the GIL); smaller ones
+#: by threads in this process.
+PROCESS_MIN = 4096
 
 
-def _cache_file(cache_dir: Path, key: str) -> Path:
-    return cache_dir / f"tcga_ut_{key}.npz"
+@dataclass(frozen=True)
+class _CacheFiles:
+    pixels: Path
+    details: Path
+    partial: Path
+    progress: Path
+    lock: Path
 
 
-def _load_cache(path: Path, key: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Pixels, good mask and details from a cache file; ValueError if anything is off."""
+def _cache_files(cache_dir: Path, key: str) -> _CacheFiles:
+    # "tcga_ut_" is historical (the decoder began in the TCGA-UT loader)
+    name = f"tcga_ut_{key}"
+    return _CacheFiles(cache_dir / f"{name}.npy", cache_dir / f"{name}.json", cache_dir / f".{name}.npy.partial",
+                       cache_dir / f".{name}.progress.json", cache_dir / f".{name}.lock")
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """One decode of a cohort at a time across processes (POSIX flock; elsewhere no lock)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            details = json.loads(bytes(data["details"]).decode())
-            mask = data["good"]
-            pixels = data["images"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load_cache(files: _CacheFiles, key: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The mapped pixels, good mask and details of a complete cache; ValueError naming what is off."""
+    try:
+        details = json.loads(files.details.read_text())
+        pixels = np.load(files.pixels, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{Path(exc.filename).name} is missing") from None
+    except (OSError, ValueError, EOFError, json.JSONDecodeError) as exc:
         raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
     if details.get("key") != key:
         raise ValueError(f"made for key {details.get('key')!r}")
-    if mask.dtype != bool or mask.shape != (n,):
-        raise ValueError(f"mask {mask.dtype} {mask.shape}, expected bool ({n},)")
-    expected = (int(mask.sum()), size, size, 3)
+    expected = (n, size, size, 3)
     if pixels.dtype != np.uint8 or pixels.shape != expected:
         raise ValueError(f"images {pixels.dtype} {pixels.shape}, expected uint8 {expected}")
-    if len(details.get("skipped", [])) != n - expected[0]:
-        raise ValueError("skipped list does not match the mask")
+    mask = np.ones(n, dtype=bool)
+    bad = details.get("bad", [])
+    if len(bad) != len(details.get("skipped", [])) or any(not 0 <= i < n for i in bad):
+        raise ValueError("skipped list does not match the bad rows")
+    mask[bad] = False
     return pixels, mask, details
 
 
-def _write_cache(path: Path, key: str, pixels: np.ndarray, mask: np.ndarray, details: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: a partial write never has the final name."""
-    blob = np.frombuffer(json.dumps({**details, "key": key}).encode(), dtype=np.uint8)
-    with atomic_file(path) as f:
-        np.savez(f, images=pixels, good=mask, details=blob)
+def _decode_rows(paths: Sequence[str], size: int, target: str, start: int, on_error: str
+                 ) -> tuple[list[tuple[int, str]], dict[str, int]]:
+    """A worker process's chunk: decode ``paths`` into rows ``start...`` of the mapped file ``target``; returns the
+    bad rows (under on_error="skip") and the conversions made."""
+    out = np.load(target, mmap_mode="r+")
+    bad: list[tuple[int, str]] = []
+    converted: dict[str, int] = {}
+    for k, path in enumerate(paths):
+        try:
+            pixels, conversion = decode_image(path, size)
+        except DataError as exc:
+            if on_error == "fail":
+                raise
+            bad.append((start + k, str(exc)))
+            continue
+        out[start + k] = pixels
+        if conversion is not None:
+            converted[conversion] = converted.get(conversion, 0) + 1
+    out.flush()
+    del out
+    return bad, converted
+
+
+def _chunks(todo: range, chunk: int) -> list[range]:
+    return [range(a, min(a + chunk, todo.stop)) for a in range(todo.start, todo.stop, chunk)]
+
+
+def _decode_into(images: PathImages, out: np.ndarray, todo: range, workers: int, target: str | None,
+                 on_chunk: Callable[[int, list, dict], None], bar) -> None:
+    """Decode rows ``todo`` into ``out`` in order of chunks; ``on_chunk(done_upto, bad, converted)`` after each chunk
+    whose rows, and all before them, are done."""
+    chunks = _chunks(todo, CHUNK)
+    if target is not None and workers > 1 and len(todo) >= PROCESS_MIN:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        small = _chunks(todo, max(64, min(CHUNK, len(todo) // (workers * 8) or 64)))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = [pool.submit(_decode_rows, images.paths[c.start : c.stop], images.size, target, c.start,
+                                   images.on_error) for c in small]
+            # in order: the progress file only ever records a done prefix
+            for c, future in zip(small, futures, strict=True):
+                bad, converted = future.result()
+                bar.update(len(c))
+                on_chunk(c.stop, bad, converted)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return
+
+    def work(i: int) -> tuple[int, str | None, str | None]:
+        try:
+            pixels, conversion = decode_image(images.paths[i], images.size)
+        except DataError as exc:
+            if images.on_error == "fail":
+                raise
+            return i, str(exc), None
+        out[i] = pixels
+        return i, None, conversion
+
+    executor = ThreadPoolExecutor(max_workers=workers)  # PIL releases the GIL while decoding
+    try:
+        for c in chunks:
+            bad: list[tuple[int, str]] = []
+            converted: dict[str, int] = {}
+            for i, error, conversion in executor.map(work, c):
+                if error is not None:
+                    bad.append((i, error))
+                elif conversion is not None:
+                    converted[conversion] = converted.get(conversion, 0) + 1
+                bar.update(1)
+            on_chunk(c.stop, bad, converted)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def decode_all(
-    images: PathImages, cache_dir: str | Path | None, workers: int = 2, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
-    """Every image decoded once: (uint8 pixels of the good images, bool mask of good indices, DecodeReport).
+    images: PathImages, cache_dir: str | Path | None, workers: int | None = None, progress: bool = True
+) -> tuple[np.ndarray | ArrayImages, np.ndarray, DecodeReport]:
+    """Every image decoded once: (the pixels of the good images, bool mask of good indices, DecodeReport).
 
-    Under on_error="fail" the first bad file raises DataError; under "skip" bad files are dropped and listed. Results
-    are cached in ``cache_dir`` under ``images.fingerprint()``; a damaged cache file is rebuilt, never trusted.
+    With a ``cache_dir`` the pixels are a view of the memory-mapped cache file (ArrayImages: nothing of the cohort is
+    in memory until a batch is read); without one, an in-memory array. Under on_error="fail" the first bad file
+    raises DataError; under "skip" bad files are dropped and listed. The cache is keyed by ``images.fingerprint()``;
+    a damaged cache is rebuilt, never trusted; a killed decode resumes where it stopped. ``workers``: threads, or
+    processes for large cohorts (default: the cores this process may use).
     """
     if not isinstance(images, PathImages):
         raise DataError(f"decode_all needs a PathImages, got {type(images).__name__}")
+    workers = _default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DataError(f"workers must be a positive int, got {workers!r}")
     start = time.perf_counter()
-    n, size = len(images), images.size
     key = images.fingerprint()
-    cache_path = _cache_file(Path(cache_dir), key) if cache_dir is not None else None
-    rebuilt: str | None = None
+    if cache_dir is None:
+        return _decode_in_memory(images, workers, progress, start)
+    files = _cache_files(Path(cache_dir), key)
+    with _exclusive(files.lock):
+        return _decode_cached(images, files, key, workers, progress, start)
 
-    # 1. a complete, consistent cache file wins
-    if cache_path is not None and cache_path.exists():
+
+def _report(images: PathImages, mask: np.ndarray, skipped: list, from_cache: bool, path: Path | None,
+            rebuilt: str | None, start: float, resumed_at: int = 0) -> DecodeReport:
+    return DecodeReport(len(images), int(mask.sum()), skipped, dict(images.converted), from_cache,
+                        str(path) if path else None, rebuilt, time.perf_counter() - start, resumed_at)
+
+
+def _decode_in_memory(images: PathImages, workers: int, progress: bool, start: float):
+    from tqdm.auto import tqdm
+
+    n, size = len(images), images.size
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    mask = np.ones(n, dtype=bool)
+    skipped: list[tuple[str, str]] = []
+    images.converted = {}
+
+    def on_chunk(done: int, bad: list, converted: dict) -> None:
+        for i, error in bad:
+            mask[i] = False
+            skipped.append((images.paths[i], error))
+        _add(images.converted, converted)
+
+    with tqdm(total=n, unit="patch", desc=f"decoding {n} patches", disable=not progress) as bar:
+        _decode_into(images, out, range(n), workers, None, on_chunk, bar)
+    if skipped:
+        log.warning("skipped %d unreadable files, e.g. %s", len(skipped), skipped[0][1])
+    pixels = out if mask.all() else out[mask]
+    return pixels, mask, _report(images, mask, skipped, False, None, None, start)
+
+
+def _add(total: dict[str, int], more: dict[str, int]) -> None:
+    for name, count in more.items():
+        total[name] = total.get(name, 0) + count
+
+
+def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: int, progress: bool, start: float):
+    n, size = len(images), images.size
+    rebuilt: str | None = None
+    # 1. a complete, consistent cache wins
+    if files.details.exists() or files.pixels.exists():
         try:
-            pixels, mask, details = _load_cache(cache_path, key, n, size)
+            pixels, mask, details = _load_cache(files, key, n, size)
         except ValueError as exc:
-            rebuilt = f"{cache_path.name}: {exc}"
-            log.warning("decode cache %s is damaged (%s); decoding again", cache_path, exc)
+            rebuilt = f"{files.pixels.name}: {exc}"
+            log.warning("decode cache %s is damaged (%s); decoding again", files.pixels, exc)
+            files.details.unlink(missing_ok=True)
+            files.pixels.unlink(missing_ok=True)
         else:
             skipped = [tuple(item) for item in details["skipped"]]
             if skipped and images.on_error == "fail":
                 _, reason = skipped[0]
-                raise DataError(f"{reason} (found earlier, recorded in {cache_path}; {len(skipped)} bad files in all)")
+                raise DataError(f"{reason} (found earlier, recorded in {files.details}; {len(skipped)} bad files "
+                                "in all)")
             images.converted = dict(details["converted"])
-            seconds = time.perf_counter() - start
-            report = DecodeReport(
-                n, int(mask.sum()), skipped, dict(images.converted), True, str(cache_path), None, seconds
-            )
-            return pixels, mask, report
+            view = ArrayImages(pixels, np.flatnonzero(mask), token=key)
+            return view, mask, _report(images, mask, skipped, True, files.pixels, None, start)
 
-    # 2. decode in a thread pool (PIL releases the GIL while decoding), in index order
+    # 2. resume a killed decode, or start one, writing through a memory map
     from tqdm.auto import tqdm
 
-    images.converted = {}
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    mask = np.ones(n, dtype=bool)
-    skipped: list[tuple[str, str]] = []
-
-    def work(i: int) -> tuple[int, str | None]:
+    state = {"key": key, "done": 0, "bad": [], "skipped": [], "converted": {}}
+    out = None
+    if files.partial.exists() and files.progress.exists():
         try:
-            out[i] = images.decode(i)
-            return i, None
-        except DataError as exc:
-            if images.on_error == "fail":
-                raise
-            return i, str(exc)
+            saved = json.loads(files.progress.read_text())
+            out = np.load(files.partial, mmap_mode="r+")
+            if saved.get("key") != key or out.shape != (n, size, size, 3) or out.dtype != np.uint8:
+                raise ValueError("made for another cohort")
+            state = saved
+        except (OSError, ValueError, EOFError, json.JSONDecodeError) as exc:
+            log.warning("cannot resume the decode from %s (%s); starting over", files.partial.name, exc)
+            out = None
+    if out is None:
+        state = {"key": key, "done": 0, "bad": [], "skipped": [], "converted": {}}
+        files.partial.parent.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(files.partial, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    resumed_at = int(state["done"])
+    if state["skipped"] and images.on_error == "fail":
+        raise DataError(f"{state['skipped'][0][1]} (found by the decode this one resumes, recorded in "
+                        f"{files.progress})")
+    if resumed_at:
+        log.info("resuming the decode of %d patches at %d (%s)", n, resumed_at, files.partial.name)
+    images.converted = dict(state["converted"])
+    last_save = [time.monotonic()]
+    mapped = [out]
 
-    bar = tqdm(total=n, unit="patch", desc=f"decoding {n} patches", disable=not progress)
-    executor = ThreadPoolExecutor(max_workers=workers)
-    try:
-        for i, error in executor.map(work, range(n)):
-            if error is not None:
-                mask[i] = False
-                skipped.append((images.paths[i], error))
-            bar.update(1)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    pixels = out if mask.all() else out[mask]
+    def on_chunk(done: int, bad: list, converted: dict) -> None:
+        for i, error in bad:
+            state["bad"].append(int(i))
+            state["skipped"].append([images.paths[i], error])
+        _add(state["converted"], converted)
+        _add(images.converted, converted)
+        state["done"] = done
+        if time.monotonic() - last_save[0] >= SAVE_SECONDS or done == n:
+            mapped[0].flush()  # the pixels first, then the record that they are there
+            atomic_write_json(files.progress, state)
+            last_save[0] = time.monotonic()
 
-    # 3. cache, then report
-    details = {"skipped": [list(s) for s in skipped], "converted": dict(images.converted), "n": n, "size": size}
-    if cache_path is not None:
-        _write_cache(cache_path, key, pixels, mask, details)
+    desc = f"decoding {n} patches" + (f" (resumed at {resumed_at})" if resumed_at else "")
+    with tqdm(total=n, initial=resumed_at, unit="patch", desc=desc, disable=not progress) as bar:
+        _decode_into(images, out, range(resumed_at, n), workers, str(files.partial), on_chunk, bar)
+    out.flush()
+    mapped.clear()
+    del out  # unmapped before the rename (Windows cannot rename a mapped file)
+
+    # 3. the partial file becomes the cache: pixels renamed first, the details (the completeness mark) written last
+    os.replace(files.partial, files.pixels)
+    fsync_dir(files.pixels.parent)
+    details = {"key": key, "bad": state["bad"], "skipped": state["skipped"], "converted": state["converted"],
+               "n": n, "size": size}
+    atomic_write_json(files.details, details)
+    files.progress.unlink(missing_ok=True)
+    skipped = [tuple(item) for item in state["skipped"]]
     if skipped:
         log.warning("skipped %d unreadable files, e.g. %s", len(skipped), skipped[0][1])
-    seconds = time.perf_counter() - start
-    report = DecodeReport(
-        n,
-        int(mask.sum()),
-        skipped,
-        dict(images.converted),
-        False,
-        str(cache_path) if cache_path else None,
-        rebuilt,
-        seconds,
-    )
-    return pixels, mask, report
+    mask = np.ones(n, dtype=bool)
+    mask[state["bad"]] = False
+    pixels = np.load(files.pixels, mmap_mode="r")
+    view = ArrayImages(pixels, np.flatnonzero(mask), token=key)
+    return view, mask, _report(images, mask, skipped, False, files.pixels, rebuilt, start, resumed_at)
 
 
-__all__ = ["ON_ERROR", "DataError", "DecodeReport", "PathImages", "decode_all", "decode_image"]
+__all__ = ["CHUNK", "ON_ERROR", "PROCESS_MIN", "DataError", "DecodeReport", "PathImages", "decode_all",
+           "decode_image"]

@@ -1,8 +1,8 @@
 """The Split schema shared by every task and method, and helpers to subset, join and read its images.
 
-A Split holds N patches: ``images`` (a uint8 ``N x H x W x 3`` array, or a lazy ``ImageSource`` that reads files
-on demand) and ``metadata`` (one row per patch, columns below). Methods return Splits; the runner never looks
-inside a method, only at Splits.
+A Split holds N patches: ``images`` (a uint8 ``N x H x W x 3`` array, or a lazy ``ImageSource``: the rows of a
+memory-mapped decode cache (``ArrayImages``), or files read on demand) and ``metadata`` (one row per patch, columns
+below). Methods return Splits; the runner never looks inside a method, only at Splits.
 """
 
 from __future__ import annotations
@@ -54,6 +54,90 @@ class ImageSource(Protocol):
 Images = "np.ndarray | ImageSource"
 
 
+class ArrayImages:
+    """Rows of a uint8 ``N x H x W x 3`` array, typically memory-mapped from a decode cache, selected by position
+    without copying; implements ImageSource.
+
+    ``take`` composes positions (a subset of a subset is still a view of the one file), indexing reads only the rows
+    asked for, and pickling a view of a memory-mapped file sends its file name, not its pixels: a process that
+    receives the split maps the same file, and the operating system shares its pages between processes.
+    ``token`` names the base array's content (a decode cache's key); without one the pixels are hashed once.
+    """
+
+    def __init__(self, base: np.ndarray, positions: np.ndarray | None = None, token: str | None = None) -> None:
+        if base.dtype != np.uint8 or base.ndim != 4 or base.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 N x H x W x 3, got {base.dtype} {base.shape}")
+        self.base = base
+        self.positions = (np.arange(len(base), dtype=np.int64) if positions is None
+                          else np.asarray(positions, dtype=np.int64))
+        self._token = token
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.positions), *self.base.shape[1:])
+
+    def __repr__(self) -> str:
+        where = getattr(self.base, "filename", None) or "memory"
+        return f"ArrayImages(n={len(self)} of {len(self.base)}, {where})"
+
+    def _select(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {idx.shape} for {len(self)} images")
+            idx = np.flatnonzero(idx)
+        return self.positions[idx]
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            return np.array(self.base[self.positions[index]])
+        rows = self.positions[index] if isinstance(index, slice) else self._select(index)
+        if len(rows) and np.all(np.diff(rows) == 1):  # a contiguous run: one slice of the file
+            return np.array(self.base[rows[0] : rows[-1] + 1])
+        return np.asarray(self.base[rows])  # fancy indexing copies just these rows
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """Every selected image read into memory (what ``np.asarray(split.images)`` gets): the consumers that still
+        need the whole split at once; batch-wise readers use indexing or ``Split.batches``."""
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def take(self, indices: np.ndarray) -> ArrayImages:
+        """The images at the given positions (or bool mask): a view of the same base array."""
+        return ArrayImages(self.base, self._select(indices), self._token)
+
+    def token(self) -> str:
+        """The base array's content name (hashed from its pixels once when none was given)."""
+        if self._token is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(str(self.base.shape).encode())
+            for start in range(0, len(self.base), 4096):
+                h.update(np.ascontiguousarray(self.base[start : start + 4096]).data)
+            self._token = h.hexdigest()
+        return self._token
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"array-images|{self.token()}|{self.base.shape}".encode())
+        h.update(np.ascontiguousarray(self.positions).data)
+        return h.hexdigest()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if isinstance(self.base, np.memmap) and self.base.filename:
+            state["base"] = ("memmap", str(self.base.filename))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        base = state["base"]
+        if isinstance(base, tuple) and base[0] == "memmap":
+            state["base"] = np.load(base[1], mmap_mode="r")
+        self.__dict__.update(state)
+
+
 @dataclass(frozen=True)
 class Split:
     """One set of patches: images plus one metadata row per patch (columns: METADATA_COLUMNS, then "group")."""
@@ -93,13 +177,16 @@ class Split:
         idx = np.asarray(index)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
-        images = self.images[idx] if isinstance(self.images, np.ndarray) else self.images.take(idx)
+        images = self.images
+        if isinstance(images, np.memmap):  # a mapped file stays on disk: the subset is a view of it
+            images = ArrayImages(images)
+        images = images[idx] if isinstance(images, np.ndarray) else images.take(idx)
         meta = self.metadata.iloc[idx].reset_index(drop=True)
         return Split(images, meta, name or self.name, dict(self.info))
 
     def load(self) -> Split:
         """The same split with its images read into memory."""
-        if isinstance(self.images, np.ndarray):
+        if isinstance(self.images, np.ndarray) and not isinstance(self.images, np.memmap):
             return self
         return Split(materialize(self.images), self.metadata, self.name, dict(self.info))
 
@@ -131,7 +218,9 @@ class Split:
 
 
 def materialize(images: np.ndarray | ImageSource, batch_size: int = 512) -> np.ndarray:
-    """Read every image into one uint8 array."""
+    """Read every image into one uint8 array (a memory-mapped one is copied into memory)."""
+    if isinstance(images, np.memmap):
+        return np.array(images)
     if isinstance(images, np.ndarray):
         return images
     n, h, w, c = images.shape

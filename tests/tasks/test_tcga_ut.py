@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
-from benchmark.core.data import METADATA_COLUMNS, UNKNOWN, ImageSource, Split
+from benchmark.core.data import METADATA_COLUMNS, UNKNOWN, ArrayImages, ImageSource, Split
 from tasks import patches
 from tasks.tcga_ut import (
     TCGA_PROJECTS,
@@ -529,10 +529,13 @@ def test_cache_reused(dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: p
     cache = tmp_path / "cache"
     first, good, report = decode_all(PathImages(index["path"], 32), cache, progress=False)
     assert len(calls) == 21 and not report.from_cache and good.all()
-    assert [p.name for p in cache.iterdir()] == [Path(report.cache_path).name]  # no temp file left behind
+    npy = Path(report.cache_path)
+    # the pixels and their details; no partial or progress file left behind (the lock file stays, empty)
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [npy.stem + ".json", npy.name]
+    assert isinstance(first, ArrayImages) and isinstance(first.base, np.memmap)  # a view of the file, not a copy
     again, good2, report2 = decode_all(PathImages(index["path"], 32), cache, progress=False)
     assert len(calls) == 21 and report2.from_cache and report2.cache_rebuilt is None
-    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first[:], again[:])
     np.testing.assert_array_equal(good, good2)
     other, _, report3 = decode_all(PathImages(index["path"], 64), cache, progress=False)  # size is in the key
     assert len(calls) == 42 and not report3.from_cache and other.shape[1] == 64
@@ -543,13 +546,14 @@ def test_damaged_cache_is_rebuilt(dataset: tuple[Path, Path], tmp_path: Path, mo
     index, _ = load_index(root, csv)
     cache = tmp_path / "cache"
     first, _, report = decode_all(PathImages(index["path"], 32), cache, progress=False)
+    first = first[:]  # into memory: the damage below rewrites the mapped file in place
     path = Path(report.cache_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # as if the disk filled up mid-write
     calls = counting_decoder(monkeypatch)
     again, _, report2 = decode_all(PathImages(index["path"], 32), cache, progress=False)
     assert len(calls) == 21 and not report2.from_cache and report2.cache_rebuilt is not None
-    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first[:], again[:])
     assert path.stat().st_size == len(data)
     decode_all(PathImages(index["path"], 32), cache, progress=False)
     assert len(calls) == 21  # the rebuilt file is trusted again
@@ -563,14 +567,12 @@ def test_cache_with_wrong_shape_is_rebuilt(
     cache = tmp_path / "cache"
     first, _, report = decode_all(PathImages(index["path"], 32), cache, progress=False)
     path = Path(report.cache_path)
-    with np.load(path) as data:
-        parts = {k: data[k] for k in data.files}
-    with open(path, "wb") as f:  # a readable archive that lost its last image
-        np.savez(f, **{**parts, "images": parts["images"][:-1]})
+    first = first[:]  # into memory: the damage below rewrites the mapped file in place
+    np.save(path, first[:-1])  # a readable array that lost its last image
     calls = counting_decoder(monkeypatch)
     again, _, report2 = decode_all(PathImages(index["path"], 32), cache, progress=False)
     assert len(calls) == 21 and "images uint8 (20, 32, 32, 3), expected uint8 (21, 32, 32, 3)" in report2.cache_rebuilt
-    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first[:], again[:])
 
 
 def test_interrupted_decode_leaves_no_cache(
@@ -587,12 +589,61 @@ def test_interrupted_decode_leaves_no_cache(
         return real(path, size)
 
     monkeypatch.setattr(patches, "decode_image", dies)
+    monkeypatch.setattr(patches, "CHUNK", 4)  # progress saved every 4 patches
+    monkeypatch.setattr(patches, "SAVE_SECONDS", 0.0)
     with pytest.raises(RuntimeError, match="interrupted"):
         decode_all(PathImages(index["path"], 32), cache, progress=False)
-    assert not cache.exists() or not any(cache.iterdir())
+    # no file that looks like a complete cache; the partial pixels and how far they got, for the resume
+    assert not list(cache.glob("tcga_ut_*.npy")) and not list(cache.glob("tcga_ut_*.json"))
+    assert json.loads(next(cache.glob(".*.progress.json")).read_text())["done"] == 8  # chunks 0-3 and 4-7
     monkeypatch.setattr(patches, "decode_image", real)
-    _, good, report = decode_all(PathImages(index["path"], 32), cache, progress=False)
-    assert good.all() and not report.from_cache
+    calls = counting_decoder(monkeypatch)
+    resumed, good, report = decode_all(PathImages(index["path"], 32), cache, progress=False)
+    assert good.all() and not report.from_cache and report.resumed_at == 8
+    assert calls == list(index["path"][8:])  # only what the killed decode had not written
+    monkeypatch.setattr(patches, "CHUNK", 1024)
+    np.testing.assert_array_equal(resumed[:], decode_all(PathImages(index["path"], 32), None, progress=False)[0])
+    assert not list(cache.glob(".*.partial")) and not list(cache.glob(".*.progress.json"))
+
+
+def test_worker_processes_decode_as_threads_do(dataset: tuple[Path, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large cohorts are decoded by processes writing into the mapped file: the same pixels, the same bad-file
+    list, in order."""
+    root, csv = dataset
+    index, _ = load_index(root, csv)
+    Path(index["path"][6]).write_bytes(b"")
+    threads, good_t, report_t = decode_all(PathImages(index["path"], 32, on_error="skip"), None, workers=2,
+                                           progress=False)
+    monkeypatch.setattr(patches, "PROCESS_MIN", 1)
+    procs, good_p, report_p = decode_all(PathImages(index["path"], 32, on_error="skip"), tmp_path / "c", workers=2,
+                                         progress=False)
+    np.testing.assert_array_equal(good_t, good_p)
+    np.testing.assert_array_equal(threads, procs[:])
+    assert report_p.skipped == report_t.skipped and len(report_p.skipped) == 1
+    assert "zero-byte" in report_p.skipped[0][1]
+    with pytest.raises(DataError, match=str(index["path"][6])):
+        decode_all(PathImages(index["path"], 32, on_error="fail"), tmp_path / "d", workers=2, progress=False)
+
+
+def test_a_split_of_a_mapped_cohort_is_a_view_and_travels_as_a_file_name(dataset: tuple[Path, Path],
+                                                                           tmp_path: Path) -> None:
+    import pickle
+
+    root, csv = dataset
+    index, _ = load_index(root, csv)
+    pixels, _, _ = decode_all(PathImages(index["path"], 32), tmp_path / "cache", progress=False)
+    meta = index.drop(columns="path").assign(label=0, is_synthetic=False, source="tcga-ut")
+    split = Split(pixels, meta, "all")
+    part = split.subset(np.arange(3, 15, 2)).subset(np.array([True, False, True, False, True, False]))
+    assert isinstance(part.images, ArrayImages) and part.images.base is pixels.base  # no pixels copied
+    np.testing.assert_array_equal(part.images[:], np.asarray(pixels.base)[[3, 7, 11]])
+    blob = pickle.dumps(part)
+    assert len(blob) < 20_000  # a file name and positions, not 21 x 32 x 32 x 3 pixels
+    back = pickle.loads(blob)
+    assert isinstance(back.images.base, np.memmap) and back.fingerprint() == part.fingerprint()
+    np.testing.assert_array_equal(back.images[:], part.images[:])
+    assert part.fingerprint() != split.subset(np.array([3, 7, 12])).fingerprint()
 
 
 def test_fingerprint_follows_the_files(dataset: tuple[Path, Path]) -> None:
