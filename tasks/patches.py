@@ -250,10 +250,10 @@ class PathImages:
 # (not a compressed or chunked format) because numpy maps it with no library and no decompression, every process
 # that opens it shares the operating system's pages, and a patch is one contiguous slice of it.
 #
-# The decode writes into ``.tcga_ut_<key>.npy.partial`` through a memory map, so its memory does not grow with the
-# cohort either, and records how far it got in ``.tcga_ut_<key>.progress.json`` after each chunk: a decode that is
-# killed resumes from there. A lock file makes a second process (another sweep worker) wait for the first's decode
-# instead of doing it again.
+# The decode writes into ``.tcga_ut_<key>.npy.partial`` with pwrite (not through a map), so its memory does not grow
+# with the cohort either, and records how far it got in ``.tcga_ut_<key>.progress.json`` after each chunk: a decode
+# that is killed resumes from there. A lock file makes a second process (another sweep worker) wait for the first's
+# decode instead of doing it again.
 
 #: Patches decoded between two saves of the progress file.
 CHUNK = 1024
@@ -319,11 +319,35 @@ def _load_cache(files: _CacheFiles, key: str, n: int, size: int) -> tuple[np.nda
     return pixels, mask, details
 
 
+class _RowWriter:
+    """Rows of a ``.npy`` file written with ``os.pwrite``, not through a memory map: the pixels go to the kernel's page
+    cache and the file, never into this process's resident memory (a mapped page that is written stays resident)."""
+
+    def __init__(self, path: str | Path) -> None:
+        header = np.load(path, mmap_mode="r")  # the header: shape, dtype and where the data begins
+        self.shape, self.offset = header.shape, int(header.offset)
+        self.row_bytes = int(np.prod(header.shape[1:])) * header.dtype.itemsize
+        del header
+        self.fd = os.open(path, os.O_RDWR)
+
+    def __setitem__(self, i: int, pixels: np.ndarray) -> None:
+        data = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if data.nbytes != self.row_bytes:
+            raise ValueError(f"row of {data.nbytes} bytes for a file of {self.row_bytes}-byte rows")
+        os.pwrite(self.fd, data.data, self.offset + int(i) * self.row_bytes)
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def _decode_rows(paths: Sequence[str], size: int, target: str, start: int, on_error: str
                  ) -> tuple[list[tuple[int, str]], dict[str, int]]:
     """A worker process's chunk: decode ``paths`` into rows ``start...`` of the mapped file ``target``; returns the
     bad rows (under on_error="skip") and the conversions made."""
-    out = np.load(target, mmap_mode="r+")
+    out = _RowWriter(target)
     bad: list[tuple[int, str]] = []
     converted: dict[str, int] = {}
     for k, path in enumerate(paths):
@@ -338,7 +362,7 @@ def _decode_rows(paths: Sequence[str], size: int, target: str, start: int, on_er
         if conversion is not None:
             converted[conversion] = converted.get(conversion, 0) + 1
     out.flush()
-    del out
+    out.close()
     return bad, converted
 
 
@@ -491,9 +515,11 @@ def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: in
     if files.partial.exists() and files.progress.exists():
         try:
             saved = json.loads(files.progress.read_text())
-            out = np.load(files.partial, mmap_mode="r+")
-            if saved.get("key") != key or out.shape != (n, size, size, 3) or out.dtype != np.uint8:
+            header = np.load(files.partial, mmap_mode="r")
+            if saved.get("key") != key or header.shape != (n, size, size, 3) or header.dtype != np.uint8:
                 raise ValueError("made for another cohort")
+            del header
+            out = _RowWriter(files.partial)
             state = saved
         except (OSError, ValueError, EOFError, json.JSONDecodeError) as exc:
             log.warning("cannot resume the decode from %s (%s); starting over", files.partial.name, exc)
@@ -501,7 +527,9 @@ def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: in
     if out is None:
         state = {"key": key, "done": 0, "bad": [], "skipped": [], "converted": {}}
         files.partial.parent.mkdir(parents=True, exist_ok=True)
-        out = np.lib.format.open_memmap(files.partial, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        created = np.lib.format.open_memmap(files.partial, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        del created  # the header and the file's size; the rows are written with pwrite
+        out = _RowWriter(files.partial)
     resumed_at = int(state["done"])
     if state["skipped"] and images.on_error == "fail":
         raise DataError(f"{state['skipped'][0][1]} (found by the decode this one resumes, recorded in "
@@ -529,7 +557,7 @@ def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: in
         _decode_into(images, out, range(resumed_at, n), workers, str(files.partial), on_chunk, bar)
     out.flush()
     mapped.clear()
-    del out  # unmapped before the rename (Windows cannot rename a mapped file)
+    out.close()  # closed before the rename (Windows cannot rename an open file)
 
     # 3. the partial file becomes the cache: pixels renamed first, the details (the completeness mark) written last
     os.replace(files.partial, files.pixels)

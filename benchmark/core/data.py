@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -59,8 +60,9 @@ class ArrayImages:
     without copying; implements ImageSource.
 
     ``take`` composes positions (a subset of a subset is still a view of the one file), indexing reads only the rows
-    asked for, and pickling a view of a memory-mapped file sends its file name, not its pixels: a process that
-    receives the split maps the same file, and the operating system shares its pages between processes.
+    asked for (with ``preadv`` from a mapped file, so that reading the cohort does not make it resident), and
+    pickling a view of a memory-mapped file sends its file name, not its pixels: a process that receives the split
+    maps the same file, and the operating system shares its pages between processes.
     ``token`` names the base array's content (a decode cache's key); without one the pixels are hashed once.
     """
 
@@ -71,9 +73,38 @@ class ArrayImages:
         self.positions = (np.arange(len(base), dtype=np.int64) if positions is None
                           else np.asarray(positions, dtype=np.int64))
         self._token = token
+        self._fd: int | None = None
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def _file(self) -> tuple[int, int, int] | None:
+        """(file descriptor, data offset, bytes per row) when the base is a C-ordered ``.npy`` map, else None."""
+        base = self.base
+        mapped = isinstance(base, np.memmap) and base.filename and base.flags.c_contiguous
+        if not mapped or not hasattr(os, "preadv"):  # preadv: POSIX
+            return None
+        if self._fd is None:
+            self._fd = os.open(base.filename, os.O_RDONLY)
+        return self._fd, int(base.offset), int(np.prod(base.shape[1:]))
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """The rows, read with ``preadv`` from a mapped file (the pages stay in the kernel's page cache, shared and
+        evictable, instead of becoming this process's resident memory), else indexed from the array."""
+        where = self._file()
+        if where is None or len(rows) == 0:
+            return np.asarray(self.base[rows])
+        fd, offset, row_bytes = where
+        out = np.empty((len(rows), *self.base.shape[1:]), dtype=np.uint8)
+        flat = memoryview(out.reshape(-1))
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows: one read each
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+            want = (b - a) * row_bytes
+            got = os.preadv(fd, [flat[a * row_bytes : b * row_bytes]], offset + int(rows[a]) * row_bytes)
+            if got != want:
+                raise OSError(f"{self.base.filename}: read {got} of {want} bytes at row {int(rows[a])} (the file "
+                              "was cut short?)")
+        return out
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -93,11 +124,9 @@ class ArrayImages:
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            return np.array(self.base[self.positions[index]])
+            return self._read(self.positions[[index]])[0]
         rows = self.positions[index] if isinstance(index, slice) else self._select(index)
-        if len(rows) and np.all(np.diff(rows) == 1):  # a contiguous run: one slice of the file
-            return np.array(self.base[rows[0] : rows[-1] + 1])
-        return np.asarray(self.base[rows])  # fancy indexing copies just these rows
+        return self._read(rows)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """Every selected image read into memory (what ``np.asarray(split.images)`` gets): the consumers that still
@@ -126,7 +155,7 @@ class ArrayImages:
         return h.hexdigest()
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
+        state = dict(self.__dict__, _fd=None)
         if isinstance(self.base, np.memmap) and self.base.filename:
             state["base"] = ("memmap", str(self.base.filename))
         return state
