@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from benchmark.core.cache import atomic_write_json, fsync_dir
-from benchmark.core.data import ArrayImages
+from benchmark.core.data import ArrayImages, index_positions
 
 log = logging.getLogger(__name__)
 
@@ -183,23 +183,6 @@ class PathImages:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _positions(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
-        n = len(self.paths)
-        if isinstance(index, slice):
-            return np.arange(n)[index]
-        idx = np.asarray(index)
-        if idx.dtype == bool:
-            if idx.shape != (n,):
-                raise IndexError(f"boolean index of shape {idx.shape} for {n} images")
-            return np.flatnonzero(idx)
-        if idx.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise IndexError(f"index must be an int, slice, bool mask or 1-d int array, got {index!r}")
-        if idx.min() < -n or idx.max() >= n:
-            raise IndexError(f"index out of range for {n} images: {idx[(idx < -n) | (idx >= n)][:5].tolist()}")
-        return np.where(idx < 0, idx + n, idx)
-
     def decode(self, i: int) -> np.ndarray:
         """Image i as uint8 ``size x size x 3`` (conversions counted in ``self.converted``)."""
         pixels, conversion = decode_image(self.paths[i], self.size)
@@ -214,7 +197,7 @@ class PathImages:
             if not -n <= index < n:
                 raise IndexError(f"image index {index} out of range for {n} images")
             return self.decode(int(index) % n)
-        positions = self._positions(index)
+        positions = index_positions(index, len(self.paths))
         out = np.empty((len(positions), self.size, self.size, 3), dtype=np.uint8)
         for k, i in enumerate(positions):
             out[k] = self.decode(int(i))
@@ -222,7 +205,7 @@ class PathImages:
 
     def take(self, indices: np.ndarray) -> PathImages:
         """The images at the given positions (or bool mask), still lazy."""
-        positions = self._positions(indices)
+        positions = index_positions(indices, len(self.paths))
         return PathImages([self.paths[i] for i in positions], self.size, self.on_error)
 
     def fingerprint(self) -> str:
@@ -345,8 +328,8 @@ class _RowWriter:
 
 def _decode_rows(paths: Sequence[str], size: int, target: str, start: int, on_error: str
                  ) -> tuple[list[tuple[int, str]], dict[str, int]]:
-    """A worker process's chunk: decode ``paths`` into rows ``start...`` of the mapped file ``target``; returns the
-    bad rows (under on_error="skip") and the conversions made."""
+    """A worker process's chunk: decode ``paths`` into rows ``start...`` of the ``.npy`` file ``target``; returns
+    the bad rows (under on_error="skip") and the conversions made."""
     out = _RowWriter(target)
     bad: list[tuple[int, str]] = []
     converted: dict[str, int] = {}
@@ -370,11 +353,10 @@ def _chunks(todo: range, chunk: int) -> list[range]:
     return [range(a, min(a + chunk, todo.stop)) for a in range(todo.start, todo.stop, chunk)]
 
 
-def _decode_into(images: PathImages, out: np.ndarray, todo: range, workers: int, target: str | None,
+def _decode_into(images: PathImages, out: np.ndarray | _RowWriter, todo: range, workers: int, target: str | None,
                  on_chunk: Callable[[int, list, dict], None], bar) -> None:
-    """Decode rows ``todo`` into ``out`` in order of chunks; ``on_chunk(done_upto, bad, converted)`` after each chunk
-    whose rows, and all before them, are done."""
-    chunks = _chunks(todo, CHUNK)
+    """Decode rows ``todo`` into ``out`` (an array, or the writer of the file ``target``) in order of chunks;
+    ``on_chunk(done_upto, bad, converted)`` after each chunk whose rows, and all before them, are done."""
     if target is not None and workers > 1 and len(todo) >= PROCESS_MIN:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -405,7 +387,7 @@ def _decode_into(images: PathImages, out: np.ndarray, todo: range, workers: int,
 
     executor = ThreadPoolExecutor(max_workers=workers)  # PIL releases the GIL while decoding
     try:
-        for c in chunks:
+        for c in _chunks(todo, CHUNK):
             bad: list[tuple[int, str]] = []
             converted: dict[str, int] = {}
             for i, error, conversion in executor.map(work, c):
@@ -507,10 +489,9 @@ def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: in
             view = ArrayImages(pixels, np.flatnonzero(mask), token=key)
             return view, mask, _report(images, mask, skipped, True, files.pixels, None, start)
 
-    # 2. resume a killed decode, or start one, writing through a memory map
+    # 2. resume a killed decode, or start one, writing the rows into the partial file
     from tqdm.auto import tqdm
 
-    state = {"key": key, "done": 0, "bad": [], "skipped": [], "converted": {}}
     out = None
     if files.partial.exists() and files.progress.exists():
         try:
@@ -536,19 +517,16 @@ def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: in
                         f"{files.progress})")
     if resumed_at:
         log.info("resuming the decode of %d patches at %d (%s)", n, resumed_at, files.partial.name)
-    images.converted = dict(state["converted"])
     last_save = [time.monotonic()]
-    mapped = [out]
 
     def on_chunk(done: int, bad: list, converted: dict) -> None:
         for i, error in bad:
             state["bad"].append(int(i))
             state["skipped"].append([images.paths[i], error])
         _add(state["converted"], converted)
-        _add(images.converted, converted)
         state["done"] = done
         if time.monotonic() - last_save[0] >= SAVE_SECONDS or done == n:
-            mapped[0].flush()  # the pixels first, then the record that they are there
+            out.flush()  # the pixels first, then the record that they are there
             atomic_write_json(files.progress, state)
             last_save[0] = time.monotonic()
 
@@ -556,8 +534,8 @@ def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: in
     with tqdm(total=n, initial=resumed_at, unit="patch", desc=desc, disable=not progress) as bar:
         _decode_into(images, out, range(resumed_at, n), workers, str(files.partial), on_chunk, bar)
     out.flush()
-    mapped.clear()
     out.close()  # closed before the rename (Windows cannot rename an open file)
+    images.converted = dict(state["converted"])
 
     # 3. the partial file becomes the cache: pixels renamed first, the details (the completeness mark) written last
     os.replace(files.partial, files.pixels)

@@ -55,6 +55,25 @@ class ImageSource(Protocol):
 Images = "np.ndarray | ImageSource"
 
 
+def index_positions(index: slice | np.ndarray | Sequence[int], n: int) -> np.ndarray:
+    """Positions in ``0..n-1`` of a slice, bool mask or int array (negative ints count from the end) into ``n``
+    images; IndexError naming what is wrong. Shared by the lazy image sources."""
+    if isinstance(index, slice):
+        return np.arange(n)[index]
+    idx = np.asarray(index)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise IndexError(f"boolean index of shape {idx.shape} for {n} images")
+        return np.flatnonzero(idx)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise IndexError(f"index must be an int, slice, bool mask or 1-d int array, got {index!r}")
+    if idx.min() < -n or idx.max() >= n:
+        raise IndexError(f"index out of range for {n} images: {idx[(idx < -n) | (idx >= n)][:5].tolist()}")
+    return np.where(idx < 0, idx + n, idx)
+
+
 class ArrayImages:
     """Rows of a uint8 ``N x H x W x 3`` array, typically memory-mapped from a decode cache, selected by position
     without copying; implements ImageSource.
@@ -114,19 +133,13 @@ class ArrayImages:
         where = getattr(self.base, "filename", None) or "memory"
         return f"ArrayImages(n={len(self)} of {len(self.base)}, {where})"
 
-    def _select(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
-        idx = np.asarray(index)
-        if idx.dtype == bool:
-            if idx.shape != (len(self),):
-                raise IndexError(f"boolean index of shape {idx.shape} for {len(self)} images")
-            idx = np.flatnonzero(idx)
-        return self.positions[idx]
-
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"image index {index} out of range for {n} images")
             return self._read(self.positions[[index]])[0]
-        rows = self.positions[index] if isinstance(index, slice) else self._select(index)
-        return self._read(rows)
+        return self._read(self.positions[index_positions(index, len(self))])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """Every selected image read into memory (what ``np.asarray(split.images)`` gets): the consumers that still
@@ -136,7 +149,7 @@ class ArrayImages:
 
     def take(self, indices: np.ndarray) -> ArrayImages:
         """The images at the given positions (or bool mask): a view of the same base array."""
-        return ArrayImages(self.base, self._select(indices), self._token)
+        return ArrayImages(self.base, self.positions[index_positions(indices, len(self))], self._token)
 
     def token(self) -> str:
         """The base array's content name (hashed from its pixels once when none was given)."""
