@@ -133,8 +133,9 @@ class CancerTypeTask(Task):
 
     def _decoding(self, folder: str) -> dict:
         d = self.data
+        cache_dir = self.cache_dir / folder if self.cache_dir is not None else None
         return dict(image_size=d.image_size, on_error=d.on_error, max_patches_per_slide=d.max_patches_per_slide,
-                    cache_dir=self.cache_dir / folder if self.cache_dir is not None else None, progress=self.progress)
+                    in_memory=d.in_memory, cache_dir=cache_dir, progress=self.progress)
 
     def splits(self, seed: int) -> dict[str, Split]:
         full = self.load()

@@ -106,6 +106,8 @@ class CohortReport:
     class_counts: dict[str, int] = field(default_factory=dict)  # class -> images kept
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) dropped by decode_all
     converted: dict[str, int] = field(default_factory=dict)  # e.g. {"RGBA->RGB": 3}
+    decode_seconds: float = 0.0  # wall time of decode_all (decoding, or opening the cached pixels)
+    decode_from_cache: bool = False  # the pixels came from a complete decode cache
 
     def count(self, index: pd.DataFrame, classes: Sequence[str]) -> None:
         """Set the image, slide, patient, site and per-class counts from an index."""
@@ -119,6 +121,8 @@ class CohortReport:
         """Add decode_all's findings (skipped files, conversions); recount from ``kept``, the index rows left."""
         self.skipped = list(decoded.skipped)
         self.converted = dict(decoded.converted)
+        self.decode_seconds = round(decoded.seconds, 3)
+        self.decode_from_cache = decoded.from_cache
         if kept is not None:
             if len(kept) != decoded.n_good:
                 raise DataError(f"kept index has {len(kept)} rows but decode_all kept {decoded.n_good} images")
@@ -372,12 +376,14 @@ def load_split(
     on_error: str,
     max_patches_per_slide: int,
     cache_dir: Path | None,
+    in_memory: bool = False,
     progress: bool,
     source: str,
     where: str,
 ) -> Split:
     """Every image of ``index`` decoded once (cached in ``cache_dir``), bad files handled by ``on_error`` before
-    any split is made; the Split carries METADATA_COLUMNS and the index's other columns (not ``path``)."""
+    any split is made; the Split carries METADATA_COLUMNS and the index's other columns (not ``path``). The pixels
+    are a view of the mapped cache file, or with ``in_memory`` an array read whole into this process's memory."""
     # 1. optional subsampling, deterministic
     if max_patches_per_slide > 0:
         rng = np.random.default_rng(0)
@@ -387,6 +393,8 @@ def load_split(
     # 2. decode; bad files are found (and, under on_error=skip, dropped) here
     images = PathImages(index["path"].tolist(), image_size, on_error=on_error)
     array, good, decoded = decode_all(images, cache_dir, progress=progress)
+    if in_memory:
+        array = np.asarray(array)  # ArrayImages reads every row into one in-memory array
     index = index[np.asarray(good)].reset_index(drop=True)
     report.record_decode(decoded, index)
     if decoded.skipped:

@@ -96,6 +96,10 @@ class DataConfig:
     image_size: int = 32  # patches are rendered / resized to image_size x image_size
     on_error: str = "fail"  # TCGA-UT / manifest corrupt files: "fail" or "skip" (skipped ones counted in the record)
     max_patches_per_slide: int = 0  # TCGA-UT / manifest: keep at most this many patches per slide (0 = all)
+    # TCGA-UT / manifest: read the decoded cohort into this process's memory instead of mapping its cache file (each
+    # process then holds its own copy and subsets are copies; the path before the mapped cache, kept as the scale
+    # benchmark's reference and for a cache on a slow network disk)
+    in_memory: bool = False
     # embedded generator (tasks/embedded.py)
     sites_per_class: int = 12  # a task with K classes gets K x sites_per_class sites
     patients_per_class: int = 160  # patients of each cancer type in the generated cohort

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 
 STAGES = ("generate", "load", "embed", "fid_features", "diffusion_train", "sampling", "time_to_quality",
-          "cyclegan_train", "workers", "e2e")
+          "cyclegan_train", "workers", "e2e", "scale")
+#: Units where less is better (the ratio is reference / ours); for the others (throughputs) it is ours / reference.
+LOWER_IS_BETTER = ("s", "min", "MB", "KB/patch", "ms/patch")
 
 
 @dataclass
@@ -49,10 +51,10 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        """How many times better ours is (higher is better: throughput ours/ref; time ref/ours)."""
+        """How many times better ours is (higher is better: throughput ours/ref; time, memory ref/ours)."""
         if not (self.ours > 0 and self.reference > 0):
             return math.nan
-        return self.reference / self.ours if self.unit in ("s", "min") else self.ours / self.reference
+        return self.reference / self.ours if self.unit in LOWER_IS_BETTER else self.ours / self.reference
 
 
 def _rate(fn: Callable[[], Any], items: int, rounds: int = 3, warmup: int = 1) -> float:
@@ -478,6 +480,49 @@ def stage_e2e(preset: str, results: Path | None, methods: list[str]) -> list[Row
     return rows
 
 
+def stage_scale(preset: str) -> list[Row]:
+    """Memory and speed against cohort size, the mapped decode cache against the in-memory path
+    (:mod:`studies.scale`); the per-command details ride on the first row's ``extra``."""
+    from benchmark.studies import scale
+
+    details = scale.collect(preset, echo=lambda line: print(line, flush=True))
+    runs = [r for r in details["runs"] if not r.get("accelerate")]
+    ns = [details["base_n"] * f for f in details["factors"]]
+    top = ns[-1]
+    rows = []
+    for method in ("none", "medi"):
+        by = {(r["path"], r["n"]): r for r in runs if r["method"] == method}
+        for n in ns:
+            m, ref = by[("mapped", n)], by[("in_memory", n)]
+            rows.append(Row(f"scale:{method}@{n}", "MB", m["peak_rss_mb"], ref["peak_rss_mb"],
+                            f"peak RSS of run --method {method}, {n} patches, mapped cache",
+                            "the same run with data.in_memory=true", peak_mb=m["peak_rss_mb"],
+                            note=f"anon {m['anon_mb']:,.0f} / file {m['file_mb']:,.0f} MB at the PSS peak; in "
+                                 f"memory {ref['anon_mb']:,.0f} / {ref['file_mb']:,.0f} MB"))
+        per_patch = [scale.slope(ns, [by[(p, n)]["peak_rss_mb"] for n in ns]) * 1024 for p in scale.PATHS]
+        rows.append(Row(f"scale:{method} marginal", "KB/patch", per_patch[0], per_patch[1],
+                        f"peak RSS per added patch, run --method {method}, mapped (slope over {ns[0]}-{top})",
+                        "the same, in memory"))
+    decode = {r["path"]: r for r in runs if r["method"] == "none" and r["n"] == top}
+    rows.append(Row("scale:decode", "ms/patch", *(decode[p]["decode_seconds"] / top * 1000 for p in scale.PATHS),
+                    f"decode of {top} JPEGs (256 -> {details['image_size']} px) into the cache file",
+                    "the same decode, then read into memory"))
+    rows.append(Row("scale:embed", "patches/s", *details["embed"],
+                    f"default encoder, batches read from the mapped file ({top} patches)", "the same rows in memory"))
+    train = {r["path"]: r["train_images_per_s"] for r in runs if r["method"] == "medi" and r["n"] == top}
+    rows.append(Row("scale:train", "images/s", train["mapped"], train["in_memory"],
+                    f"medi, {scale.TRAIN_STEPS} steps of {scale.BATCH}, batches read from the mapped file",
+                    "the same, in memory"))
+    launched = {r["processes_launched"]: r for r in details["runs"] if r.get("accelerate")}
+    rows.append(Row("scale:accelerate", "MB", launched[2]["peak_pss_mb"], launched[1]["peak_pss_mb"],
+                    f"medi, {top} patches, accelerate launch with 2 processes: total PSS",
+                    "one process: its PSS", peak_mb=launched[2]["peak_rss_mb"],
+                    note=f"2 processes hold {launched[2]['peak_pss_mb'] / launched[1]['peak_pss_mb']:.2f}x the "
+                         "memory of one"))
+    rows[0].extra = details
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # driver
 
@@ -493,6 +538,8 @@ def _stage_worker(name: str, preset: str, results: str, methods: list[str], thre
             rows = stage_time_to_quality(preset, Path(results), methods)
         elif name == "e2e":
             rows = stage_e2e(preset, None, methods)
+        elif name == "scale":
+            rows = stage_scale(preset)
         else:
             rows = [globals()[f"stage_{name}"](preset)]
         peak = _peak_mb()
@@ -604,6 +651,14 @@ def write_outputs(record: dict, out: Path) -> tuple[Path, Path]:
     if curves:
         with atomic_file(out.with_name(out.stem + "_time_to_quality.png")) as fh:
             fh.write(time_to_quality_png(curves, record))
+    scaled = [r for r in record["stages"] if r["stage"].startswith("scale:") and r["extra"].get("runs")]
+    if scaled:
+        from benchmark.studies.scale import figure_png
+
+        title = (f"Resident memory against cohort size: {record['machine']['cpu']}, commit "
+                 f"{record['git_commit'] or 'n/a'}")
+        with atomic_file(out.with_name(out.stem + "_scale.png")) as fh:
+            fh.write(figure_png(scaled[0]["extra"], title))
     return out, md
 
 

@@ -606,6 +606,54 @@ def test_interrupted_decode_leaves_no_cache(
     assert not list(cache.glob(".*.partial")) and not list(cache.glob(".*.progress.json"))
 
 
+KILLED_DECODE = """
+import sys, time
+from tasks import patches
+from tasks.tcga_ut import PathImages, load_index
+patches.CHUNK, patches.SAVE_SECONDS = 64, 0.0
+real = patches.decode_image
+def slow(path, size):
+    time.sleep(0.005)
+    return real(path, size)
+patches.decode_image = slow
+index, _ = load_index(sys.argv[1], sys.argv[2])
+patches.decode_all(PathImages(index["path"], 32), sys.argv[3], workers=1, progress=False)
+"""
+
+
+def test_sigkilled_decode_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A decode in another process, SIGKILLed once it has saved two chunks, and the decode that resumes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from benchmark.studies.scale import make_folder
+    from tests.conftest import ROOT
+
+    root, csv = make_folder(640, tmp_path / "tcga", load_he())
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_DECODE, str(root), str(csv), str(cache)], env=env)
+    done, deadline = 0, time.monotonic() + 120
+    while done < 128 and proc.poll() is None and time.monotonic() < deadline:
+        progress = list(cache.glob(".*.progress.json"))
+        try:
+            done = json.loads(progress[0].read_text())["done"] if progress else 0
+        except (OSError, ValueError):  # being replaced right now
+            pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL and done >= 128
+    assert not list(cache.glob("tcga_ut_*.npy"))  # no complete cache
+    index, _ = load_index(root, csv)
+    with caplog.at_level("INFO", logger="tasks.patches"):
+        resumed, good, report = decode_all(PathImages(index["path"], 32), cache, progress=False)
+    assert 128 <= report.resumed_at < 640 and good.all()
+    assert f"resuming the decode of 640 patches at {report.resumed_at}" in caplog.text
+    np.testing.assert_array_equal(resumed[:], decode_all(PathImages(index["path"], 32), None, progress=False)[0])
+
+
 def test_worker_processes_decode_as_threads_do(dataset: tuple[Path, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Large cohorts are decoded by processes writing into the mapped file: the same pixels, the same bad-file

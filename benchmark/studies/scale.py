@@ -1,0 +1,308 @@
+"""The ``scale`` stage of ``perf``: how memory and speed grow with a cohort that lives in image files, the mapped
+decode cache (the default) against the in-memory path (``data.in_memory=true``) in the same run.
+
+For N, 4N and 16N patches (a TCGA-UT-layout folder of real H&E crops, :func:`make_folder`) at 128 px it runs, as a
+user would, ``run --method none`` and ``run --method medi`` for 50 training steps (a token generation, so that the
+training dominates), each in its own process on each path, and reads from the process tree while it runs (psutil,
+every 0.1 s): peak RSS (the kernel's high-water mark, what ``/usr/bin/time -v`` reports), and at the peak of the
+proportional set size (PSS, shared pages divided among the processes that map them) the anonymous and the
+file-backed resident memory. The marginal resident memory per added patch is the least-squares slope of peak RSS
+against N. At 16N it also measures the embedding throughput of the default encoder over the mapped file against the
+same rows in memory, and ``medi`` under ``accelerate launch`` with two processes against one (total PSS of the
+process tree: RSS counts the shared pages once per process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Patches of the smallest folder per preset (the stage measures N, 4N and 16N).
+BASE_N = {"smoke": 48, "cpu": 360}
+FACTORS = (1, 4, 16)
+IMAGE_SIZE = 128
+TRAIN_STEPS = 50
+PATHS = ("mapped", "in_memory")
+#: Every run's settings: batches small enough that even the smallest folder's splits fill them, so a batch's
+#: working memory (a fixed cost) is the same at every N and the slope is what the cohort itself costs.
+RUN_SETTINGS = (f"data.image_size={IMAGE_SIZE}", "probe.batch_size=32")
+#: The medi run's: 50 training steps and a token generation (the stage measures the data path, not the sampler);
+#: batch 8 keeps a 128 px step under a second on 2 cores.
+BATCH = 8
+MEDI_SETTINGS = (f"method.steps={TRAIN_STEPS}", f"method.batch_size={BATCH}", "method.synthetic_ratio=0.02",
+                 "method.sample_batch_size=8", "method.sampling_steps=10", "method.fid_max_per_class=16",
+                 "method.checkpoint_every=1000", "method.preview_every=0")
+LAUNCH = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no")
+_SITES = {"TCGA-LUAD": ("05", "44", "55", "49"), "TCGA-LUSC": ("18", "22", "33", "43")}
+_RACES = ("white", "black or african american", "asian", "not reported")
+
+
+def make_folder(n: int, root: Path, he: np.ndarray, seed: int = 0) -> tuple[Path, Path]:
+    """A TCGA-UT-layout folder of ``n`` LUAD / LUSC patches under ``root`` (256 px JPEG crops of ``he`` with random
+    rotations and flips; four sites per class, slides of several patches) and its GDC clinical CSV beside it.
+    Returns (root, csv)."""
+    from PIL import Image
+
+    from tasks.tcga_ut import TCGA_PROJECTS
+
+    rng = np.random.default_rng(seed)
+    per_slide = int(min(20, max(2, n // 64)))
+    root = Path(root)
+    rows, k, i = [], 0, 0
+    while k < n:
+        project = ("TCGA-LUAD", "TCGA-LUSC")[i % 2]
+        site = _SITES[project][(i // 2) % 4]
+        slide = f"TCGA-{site}-{1000 + i:04d}-01Z-00-DX1"
+        folder = root / TCGA_PROJECTS[project.removeprefix("TCGA-")] / slide
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(min(per_slide, n - k)):
+            y, x = (int(v) for v in rng.integers(0, np.array(he.shape[:2]) - 256))
+            tile = np.rot90(he[y : y + 256, x : x + 256], int(rng.integers(4)))
+            if rng.random() < 0.5:
+                tile = tile[:, ::-1]
+            Image.fromarray(np.ascontiguousarray(tile)).save(folder / f"{slide[:12]}_{j}.jpg", quality=90)
+            k += 1
+        rows.append({"project_id": project, "case_submitter_id": slide[:12], "slide_submitter_id": slide,
+                     "gender": "female" if i % 3 else "male", "race": _RACES[i % 4],
+                     "ethnicity": "not hispanic or latino", "age_at_index": str(40 + i % 40), "vital_status": "Alive",
+                     "tissue_source_site": site})
+        i += 1
+    import pandas as pd
+
+    csv = root.parent / f"{root.name}.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return root, csv
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory of a process tree
+
+
+@dataclass
+class Usage:
+    """What one command cost: wall time, peak RSS (the largest process's high-water mark, from the kernel), and the
+    process tree's largest total PSS with its anonymous and file-backed resident memory at that moment (MB)."""
+
+    seconds: float
+    peak_rss_mb: float
+    peak_pss_mb: float
+    anon_mb: float
+    file_mb: float
+    processes: int
+    returncode: int
+    stderr_tail: str = ""
+
+
+def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: float = 0.1,
+            cwd: Path | None = None) -> Usage:
+    """Run ``cmd`` and sample its process tree's memory every ``interval`` seconds until it exits."""
+    import subprocess
+
+    import psutil
+
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
+        best = {"pss": 0.0, "anon": 0.0, "file": 0.0, "n": 0}
+        done = threading.Event()
+
+        def sample() -> None:
+            try:
+                top = psutil.Process(proc.pid)
+            except psutil.Error:
+                return
+            while not done.is_set():
+                pss = anon = file = 0.0
+                try:
+                    tree = [top, *top.children(recursive=True)]
+                except psutil.Error:
+                    break
+                for p in tree:
+                    try:
+                        full = p.memory_full_info()
+                    except psutil.Error:  # exited between listing and reading
+                        continue
+                    pss += full.pss
+                    anon += full.rss - full.shared  # RssAnon (shared = RssFile + RssShmem)
+                    file += full.shared
+                if pss > best["pss"]:
+                    best.update(pss=pss, anon=anon, file=file)
+                best["n"] = max(best["n"], len(tree))
+                done.wait(interval)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = "\n".join(err.read().decode(errors="replace").strip().splitlines()[-5:])
+    mb = 1024.0 * 1024.0
+    return Usage(seconds, usage.ru_maxrss / 1024.0, best["pss"] / mb, best["anon"] / mb, best["file"] / mb,
+                 int(best["n"]), proc.returncode, tail)
+
+
+def slope(ns: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of ``values`` against ``ns`` (NaN with fewer than two distinct ns)."""
+    x, y = np.asarray(ns, dtype=float), np.asarray(values, dtype=float)
+    if len(np.unique(x)) < 2:
+        return math.nan
+    return float(np.polyfit(x, y, 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stage
+
+
+def run_command(method: str, root: Path, csv: Path, out: Path, preset: str, path: str, seed: int = 0,
+                launch: bool = False) -> list[str]:
+    """The ``python -m benchmark run`` command of one measurement (under ``accelerate launch`` with ``launch``)."""
+    args = ["run", "--method", method, "--task", "nsclc", "--preset", preset, "--seed", str(seed), "--device", "cpu",
+            "--no-progress", "--out", str(out), "--set", f"data.root={root}", "--set", f"data.metadata={csv}",
+            "--set", f"data.in_memory={str(path == 'in_memory').lower()}"]
+    for setting in RUN_SETTINGS + (MEDI_SETTINGS if method == "medi" else ()):
+        args += ["--set", setting]
+    head = [sys.executable, *LAUNCH, "-m", "benchmark", "-q"] if launch else [sys.executable, "-m", "benchmark", "-q"]
+    return head + args
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    return env
+
+
+def _record(out: Path, method: str) -> dict:
+    found = sorted(Path(out).glob(f"runs/nsclc/{method}/*/record.json"))
+    if not found:
+        raise RuntimeError(f"scale: no record of {method} under {out}")
+    return json.loads(found[-1].read_text())
+
+
+def _checked(usage: Usage, cmd: Sequence[str]) -> Usage:
+    if usage.returncode != 0:
+        raise RuntimeError(f"scale: {' '.join(cmd[1:])} failed ({usage.returncode}): {usage.stderr_tail}")
+    return usage
+
+
+def embed_rates(cache: Path, preset: str, rows: int = 1024) -> tuple[float, float]:
+    """Default-encoder embedding throughput (patches/s) over ``rows`` scattered rows of the decoded cache file, as a
+    split's are: read in batches from the mapped file (ArrayImages) against the same rows in memory, measured
+    reference, ours, reference (the reference figure is the mean of its two)."""
+    from benchmark.core.config import PRESETS
+    from benchmark.core.data import ArrayImages
+    from benchmark.evaluation.encoders import build_encoder
+
+    probe = PRESETS[preset].probe
+    encoder = build_encoder(probe)
+    batch = 32  # RUN_SETTINGS' probe.batch_size
+    mapped = np.load(cache, mmap_mode="r")
+    n = min(rows, len(mapped))
+    lazy = ArrayImages(mapped, np.sort(np.random.default_rng(0).choice(len(mapped), n, replace=False)), "scale")
+    memory = np.asarray(lazy)
+
+    def rate(images) -> float:
+        start = time.perf_counter()
+        for first in range(0, n, batch):
+            encoder.embed(np.asarray(images[first : first + batch]), "cpu")
+        return n / (time.perf_counter() - start)
+
+    rate(memory)  # warm-up
+    r1, ours, r2 = rate(memory), rate(lazy), rate(memory)
+    return ours, (r1 + r2) / 2
+
+
+def collect(preset: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every measurement of the stage: ``runs`` (one dict a command: n, path, method, processes, Usage fields, decode
+    seconds, training throughput) and ``embed`` ((mapped, in-memory) patches/s at 16N)."""
+    from benchmark.studies import he_image
+
+    base = BASE_N[preset]
+    he = he_image.load()
+    env = _env()
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="medibench-scale-") as tmp:
+        tmp = Path(tmp)
+        for factor in FACTORS:
+            n = base * factor
+            t0 = time.perf_counter()
+            root, csv = make_folder(n, tmp / f"tcga{n}", he)
+            echo(f"scale: {n} patches written ({time.perf_counter() - t0:.0f} s)")
+            for path in PATHS:
+                out = tmp / f"out{n}_{path}"
+                for method in ("none", "medi"):  # medi reuses the decode cache none made
+                    cmd = run_command(method, root, csv, out, preset, path)
+                    usage = _checked(measure(cmd, env), cmd)
+                    record = _record(out, method)
+                    load = record["data"]["load_report"]
+                    entry = dict(asdict(usage), n=n, path=path, method=method, processes_launched=1,
+                                 decode_seconds=load.get("decode_seconds", math.nan),
+                                 decode_from_cache=load.get("decode_from_cache"))
+                    if method == "medi":
+                        seconds = record.get("method_report", {}).get("train_seconds")
+                        entry["train_images_per_s"] = TRAIN_STEPS * BATCH / seconds if seconds else math.nan
+                    runs.append(entry)
+                    echo(f"scale: {method} at {n} patches, {path}: peak RSS {usage.peak_rss_mb:,.0f} MB "
+                         f"({usage.seconds:.0f} s)")
+        top = base * FACTORS[-1]
+        caches = sorted((tmp / f"out{top}_mapped" / "cache").rglob("tcga_ut_*.npy"))
+        embed = embed_rates(caches[0], preset) if caches else (math.nan, math.nan)
+        # medi under accelerate launch with two processes against one, each from a fresh results folder
+        for processes in (1, 2):
+            out = tmp / f"accelerate{processes}"
+            cmd = run_command("medi", tmp / f"tcga{top}", tmp / f"tcga{top}.csv", out, preset, "mapped",
+                              launch=processes == 2)
+            usage = _checked(measure(cmd, env), cmd)
+            echo(f"scale: medi at {top} patches, {processes} process(es) from a fresh folder: total PSS "
+                 f"{usage.peak_pss_mb:,.0f} MB")
+            runs.append(dict(asdict(usage), n=top, path="mapped", method="medi", processes_launched=processes,
+                             accelerate=True))
+    return {"base_n": base, "factors": list(FACTORS), "image_size": IMAGE_SIZE, "runs": runs, "embed": list(embed)}
+
+
+def figure_png(details: dict, title: str) -> bytes:
+    """Peak RSS against the number of patches, both paths, ``none`` and ``medi`` side by side."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in details["runs"] if not r.get("accelerate")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, method in zip(axes, ("none", "medi"), strict=True):
+        for path, style in (("in_memory", dict(color="0.45", ls="--", marker="o", label="in memory (reference)")),
+                            ("mapped", dict(color="C0", marker="s", label="mapped cache file"))):
+            pts = sorted((r["n"], r["peak_rss_mb"]) for r in runs if r["method"] == method and r["path"] == path)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ms=4, **style)
+        ax.set_title(f"run --method {method}" + (f" ({TRAIN_STEPS} training steps)" if method == "medi" else ""),
+                     fontsize=9)
+        ax.set_xlabel(f"patches in the cohort ({details['image_size']} px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("peak RSS (MB)", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
