@@ -458,15 +458,20 @@ class DiffusionModel:
         out.update({"norm.mean": self.pixel_mean, "norm.std": self.pixel_std})
         return out
 
-    def set_normalization(self, images: np.ndarray, batch_size: int = 4096) -> None:
+    #: Pixels a batch of set_normalization holds (4,096 patches at 32 px; float64: 100 MB for the batch).
+    NORMALIZATION_PIXELS = 4096 * 32 * 32
+
+    def set_normalization(self, images: np.ndarray, batch_size: int | None = None) -> None:
         """Per-channel mean and std of ``images`` (uint8 NHWC, or a view of a mapped file) in [-1, 1] units, if
-        ``params.normalize``; two passes over batches (the std about the mean, as numpy computes it), so the
-        memory does not grow with the cohort."""
+        ``params.normalize``; two passes over batches (the std about the mean, as numpy computes it) of at most
+        NORMALIZATION_PIXELS pixels, so the memory grows neither with the cohort nor with the image size."""
         import torch
 
         if self.params.normalize != "channel" or len(images) == 0:
             return
         n = len(images) * int(np.prod(images.shape[1:3]))
+        if batch_size is None:
+            batch_size = max(1, self.NORMALIZATION_PIXELS // int(np.prod(images.shape[1:3])))
 
         def pixels(start: int) -> np.ndarray:
             return np.asarray(images[start : start + batch_size], dtype=np.float64).reshape(-1, 3) / 127.5 - 1.0

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.core.config import tunable
-from benchmark.core.data import Split, materialize
+from benchmark.core.data import ImageSource, Split
 from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
 
@@ -68,8 +68,9 @@ class Params:
 # colour statistics (also used by the cyclegan method and the tests)
 
 
-def mean_lab(images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Per-image mean CIELAB colour (L in [0, 100], a, b centred at 0) of uint8 N x H x W x 3 images: N x 3."""
+def mean_lab(images: np.ndarray | ImageSource, batch_size: int = 1024) -> np.ndarray:
+    """Per-image mean CIELAB colour (L in [0, 100], a, b centred at 0) of uint8 N x H x W x 3 images: N x 3 (a
+    lazy source is read a batch at a time)."""
     import torch
     from torchstain.torch.utils.rgb2lab import rgb2lab
 
@@ -84,7 +85,7 @@ def mean_lab(images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     return out
 
 
-def site_colour_distance(images: np.ndarray, sites: np.ndarray | pd.Series) -> float:
+def site_colour_distance(images: np.ndarray | ImageSource, sites: np.ndarray | pd.Series) -> float:
     """Mean pairwise Euclidean distance (CIE76 delta-E) between the sites' mean LAB colours.
 
     A site's colour is the mean of its patches' mean LAB colours; every site pair counts once, whatever its size.
@@ -365,7 +366,7 @@ class StainNormalization(Method):
         """The training split, normalized (no synthetic patches)."""
         out = self._normalize(train, ctx)
         report = self._report(ctx)
-        before = site_colour_distance(materialize(train.images), train.metadata["tissue_source_site"])
+        before = site_colour_distance(train.images, train.metadata["tissue_source_site"])
         after = site_colour_distance(out.images, out.metadata["tissue_source_site"])
         report["train_site_colour_distance"] = {"before": round(before, 3), "after": round(after, 3)}
         ctx.log_metrics({"stain_norm/site_colour_distance_before": before,

@@ -162,12 +162,13 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         np.save(_Stream(fh), array, allow_pickle=False)
 
 
-def load_npy(path: Path, shape: tuple | None = None, dtype: Any = None) -> np.ndarray | None:
-    """The cached array, or None when it is missing, unreadable, or not of the expected shape and dtype."""
+def load_npy(path: Path, shape: tuple | None = None, dtype: Any = None, mmap: bool = False) -> np.ndarray | None:
+    """The cached array (read-only memory-mapped with ``mmap``), or None when it is missing, unreadable, or not of
+    the expected shape and dtype."""
     if not path.is_file():
         return None
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError):
         return None
     if shape is not None and tuple(array.shape) != tuple(shape):
@@ -178,14 +179,21 @@ def load_npy(path: Path, shape: tuple | None = None, dtype: Any = None) -> np.nd
 
 
 def cached_array(
-    path: Path | None, build: Callable[[], np.ndarray], shape: tuple | None = None, dtype: Any = None
+    path: Path | None, build: Callable[[], np.ndarray], shape: tuple | None = None, dtype: Any = None,
+    mmap: bool = False,
 ) -> np.ndarray:
-    """Load ``path`` if it holds a valid array, else build, save atomically and return it (no cache if path None)."""
+    """Load ``path`` if it holds a valid array, else build, save atomically and return it (no cache if path None).
+    With ``mmap`` the array comes back read-only memory-mapped from the file, also right after it was built (the
+    built copy is let go): its pages are the operating system's, shared by every process that reads the file."""
     if path is not None:
-        hit = load_npy(path, shape, dtype)
+        hit = load_npy(path, shape, dtype, mmap)
         if hit is not None:
             return hit
     array = build()
     if path is not None:
         atomic_save_npy(path, array)
+        if mmap:
+            mapped = load_npy(path, shape, dtype, mmap)
+            if mapped is not None:
+                return mapped
     return array

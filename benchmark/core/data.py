@@ -180,6 +180,83 @@ class ArrayImages:
         self.__dict__.update(state)
 
 
+def images_fingerprint(images: np.ndarray | ImageSource) -> str:
+    """Content hash of an image stack: of an array's shape and pixels, or a lazy source's own fingerprint."""
+    if not isinstance(images, np.ndarray):
+        return images.fingerprint()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(images.shape).encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()
+
+
+class ConcatImages:
+    """Image stacks (arrays or lazy sources) joined row-wise without copying any of them; implements ImageSource.
+
+    Each row is (part, row in that part). Indexing reads every part's rows in one call to it; ``take`` selects
+    across the parts, and a selection that lies in a single part is that part's own selection (so the real rows of
+    an augmented training split are the very view, and have the fingerprint, of the split they came from).
+    """
+
+    def __init__(self, parts: Sequence[np.ndarray | ImageSource], part: np.ndarray | None = None,
+                 row: np.ndarray | None = None) -> None:
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if not parts or len(shapes) != 1 or next(iter(shapes))[-1] != 3:
+            raise ValueError(f"cannot join image stacks of shapes {sorted(shapes)}")
+        self.parts = list(parts)
+        if part is None:
+            part = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+            row = np.concatenate([np.arange(len(p)) for p in parts])
+        self.part = np.asarray(part, dtype=np.int64)
+        self.row = np.asarray(row, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.part), *self.parts[0].shape[1:])
+
+    def __repr__(self) -> str:
+        return f"ConcatImages(n={len(self)}, parts={[type(p).__name__ for p in self.parts]})"
+
+    def take(self, indices: np.ndarray) -> np.ndarray | ImageSource:
+        pos = index_positions(indices, len(self))
+        part, row = self.part[pos], self.row[pos]
+        used = np.unique(part)
+        if len(used) == 1:  # one part: its own view
+            source = self.parts[int(used[0])]
+            return source[row] if isinstance(source, np.ndarray) else source.take(row)
+        return ConcatImages(self.parts, part, row)
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"image index {index} out of range for {n} images")
+            return np.asarray(self.parts[int(self.part[index])][int(self.row[index])])
+        pos = index_positions(index, len(self))
+        out = np.empty((len(pos), *self.parts[0].shape[1:]), dtype=np.uint8)
+        part, row = self.part[pos], self.row[pos]
+        for k in np.unique(part):
+            where = part == k
+            out[where] = np.asarray(self.parts[int(k)][row[where]])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(b"concat-images")
+        for p in self.parts:
+            h.update(images_fingerprint(p).encode())
+        h.update(np.ascontiguousarray(self.part).data)
+        h.update(np.ascontiguousarray(self.row).data)
+        return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Split:
     """One set of patches: images plus one metadata row per patch (columns: METADATA_COLUMNS, then "group")."""
@@ -239,7 +316,7 @@ class Split:
     def fingerprint(self) -> str:
         """Content hash of pixels and metadata; keys the embedding and model caches."""
         h = hashlib.blake2b(digest_size=16)
-        if isinstance(self.images, np.ndarray):
+        if isinstance(self.images, np.ndarray):  # the pixels hashed in place (as images_fingerprint, one pass)
             h.update(str(self.images.shape).encode())
             h.update(np.ascontiguousarray(self.images).data)
         else:
@@ -273,13 +350,20 @@ def materialize(images: np.ndarray | ImageSource, batch_size: int = 512) -> np.n
 
 
 def concat(splits: Sequence[Split], name: str) -> Split:
-    """Join splits row-wise (images read into memory); metadata keeps the union of columns."""
+    """Join splits row-wise; metadata keeps the union of columns. Arrays are joined into one array; when any split's
+    images are lazy (a mapped cohort), the join is a ConcatImages over them and nothing is read."""
     if not splits:
         raise ValueError("concat needs at least one split")
     sizes = {s.image_size for s in splits if len(s)}
     if len(sizes) > 1:
         raise ValueError(f"cannot join splits with image sizes {sorted(sizes)}: {[s.name for s in splits]}")
-    images = np.concatenate([materialize(s.images) for s in splits], axis=0)
+    parts = [s.images for s in splits if len(s)] or [splits[0].images]
+    if len(parts) == 1:
+        images = parts[0]
+    elif all(isinstance(p, np.ndarray) and not isinstance(p, np.memmap) for p in parts):
+        images = np.concatenate(parts, axis=0)
+    else:
+        images = ConcatImages(parts)
     meta = pd.concat([s.metadata for s in splits], ignore_index=True)
     info: dict = {}
     for s in splits:

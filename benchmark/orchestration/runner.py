@@ -131,9 +131,10 @@ def load_record(run_dir: Path) -> dict | None:
 
 
 def embed_split(encoder: Encoder, split: Split, cache_dir: Path | None, device: str, batch_size: int) -> np.ndarray:
-    """Embeddings of a split's images, cached by encoder and image content (real and synthetic rows separately)."""
-    out = np.zeros((len(split), encoder.dim), dtype=np.float32)
+    """Embeddings of a split's images, cached by encoder and image content (real and synthetic rows separately).
+    A split of one kind (all real, the usual case) gets the cache file itself, read-only memory-mapped."""
     synthetic = split.metadata["is_synthetic"].to_numpy(dtype=bool)
+    parts = []
     for mask in (~synthetic, synthetic):
         if not mask.any():
             continue
@@ -146,7 +147,12 @@ def embed_split(encoder: Encoder, split: Split, cache_dir: Path | None, device: 
             chunks = [encoder.embed(batch, device) for batch in part.batches(batch_size)]
             return np.concatenate(chunks).astype(np.float32)
 
-        out[mask] = cached_array(path, build, (len(part), encoder.dim), np.float32)
+        parts.append((mask, cached_array(path, build, (len(part), encoder.dim), np.float32, mmap=True)))
+    if len(parts) == 1:
+        return parts[0][1]
+    out = np.zeros((len(split), encoder.dim), dtype=np.float32)
+    for mask, values in parts:
+        out[mask] = values
     return out
 
 

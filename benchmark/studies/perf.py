@@ -513,12 +513,18 @@ def stage_scale(preset: str) -> list[Row]:
     rows.append(Row("scale:train", "images/s", train["mapped"], train["in_memory"],
                     f"medi, {scale.TRAIN_STEPS} steps of {scale.BATCH}, batches read from the mapped file",
                     "the same, in memory"))
-    launched = {r["processes_launched"]: r for r in details["runs"] if r.get("accelerate")}
-    rows.append(Row("scale:accelerate", "MB", launched[2]["peak_pss_mb"], launched[1]["peak_pss_mb"],
+    launched = {(r["processes_launched"], r["n"]): r for r in details["runs"] if r.get("accelerate")}
+    one, two = launched[(1, top)], launched[(2, top)]
+    rows.append(Row("scale:accelerate", "MB", two["peak_pss_mb"], one["peak_pss_mb"],
                     f"medi, {top} patches, accelerate launch with 2 processes: total PSS",
-                    "one process: its PSS", peak_mb=launched[2]["peak_rss_mb"],
-                    note=f"2 processes hold {launched[2]['peak_pss_mb'] / launched[1]['peak_pss_mb']:.2f}x the "
-                         "memory of one"))
+                    "one process: its PSS", peak_mb=two["peak_rss_mb"],
+                    note=f"2 processes hold {two['peak_pss_mb'] / one['peak_pss_mb']:.2f}x the memory of one"))
+    grow = {k: scale.slope([ns[0], top], [launched[(k, n)]["peak_pss_mb"] for n in (ns[0], top)]) * 1024
+            for k in (1, 2)}
+    rows.append(Row("scale:accelerate marginal", "KB/patch", grow[2], grow[1],
+                    f"total PSS per added patch, 2 processes (slope over {ns[0]}-{top})", "one process",
+                    note=f"2 processes add {grow[2] / grow[1]:.2f}x what one adds per patch"
+                    if grow[1] > 0 else "one process adds nothing measurable per patch"))
     rows[0].extra = details
     return rows
 

@@ -103,3 +103,29 @@ def test_in_memory_path_gives_the_mapped_paths_results(tmp_path: Path) -> None:
     assert mapped["data"]["load_report"]["decode_from_cache"] is False
     assert mapped["data"]["load_report"]["decode_seconds"] > 0
     assert mapped["metrics"] == memory["metrics"]
+
+
+def test_cached_embeddings_come_back_mapped(tmp_path: Path) -> None:
+    """An all-real split's embeddings are the cache file itself (mapped, read-only), on the first call and the
+    next; a split with synthetic rows joins its two cached parts in memory; all equal the uncached embeddings."""
+    from benchmark.core.config import ProbeConfig
+    from benchmark.core.data import Split, concat
+    from benchmark.evaluation.encoders import build_encoder
+    from benchmark.orchestration.runner import embed_split
+    from tasks.tcga_ut import PathImages, decode_all, load_index
+
+    root, csv = scale.make_folder(64, tmp_path / "tcga", load_he())
+    index, _ = load_index(str(root), str(csv))
+    pixels, _, _ = decode_all(PathImages(index["path"], 32), tmp_path / "decoded", progress=False)
+    meta = index.drop(columns="path").assign(is_synthetic=False)
+    real = Split(pixels, meta, "train")
+    encoder = build_encoder(ProbeConfig())
+    plain = embed_split(encoder, real, None, "cpu", 16)
+    for _ in range(2):
+        mapped = embed_split(encoder, real, tmp_path / "cache", "cpu", 16)
+        assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+        np.testing.assert_array_equal(mapped, plain)
+    fake = Split(np.asarray(pixels[:5]), meta.iloc[:5].assign(is_synthetic=True).reset_index(drop=True), "s")
+    joined = embed_split(encoder, concat([real, fake], "train"), tmp_path / "cache", "cpu", 16)
+    assert not isinstance(joined, np.memmap)
+    np.testing.assert_allclose(joined, np.concatenate([plain, plain[:5]]), rtol=1e-5)  # batches differ

@@ -376,3 +376,25 @@ def test_paper_preset_builds_and_takes_one_step_at_batch_1(smoke_splits, tmp_pat
     assert model.d_t == 512
     stats = train_diffusion(model, train, Checkpoints(tmp_path / "paper"), make_ctx(task, tmp_path))
     assert stats["train_steps"] == 1
+
+
+def test_normalization_statistics_stream_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Per-channel mean and std over a mapped 128 px cohort, read in batches of a bounded pixel count, equal the
+    statistics of the whole array in memory; at 32 px a batch is still the 4,096 patches it always was."""
+    from benchmark.core.data import ArrayImages
+
+    images = np.random.default_rng(0).integers(0, 256, (90, 128, 128, 3), dtype=np.uint8)
+    images[:, :, :, 0] //= 2  # channels that differ
+    np.save(tmp_path / "pixels.npy", images)
+    lazy = ArrayImages(np.load(tmp_path / "pixels.npy", mmap_mode="r"), np.arange(3, 90))
+    model = model_for(DiffusionParams(), rows())
+    assert max(1, model.NORMALIZATION_PIXELS // (32 * 32)) == 4096
+    monkeypatch.setattr(DiffusionModel, "NORMALIZATION_PIXELS", 10 * 128 * 128)  # batches of 10 patches
+    reads = []
+    real_getitem = ArrayImages.__getitem__
+    monkeypatch.setattr(ArrayImages, "__getitem__", lambda self, i: reads.append(i) or real_getitem(self, i))
+    model.set_normalization(lazy)
+    assert len(reads) == 2 * 9 and all(isinstance(r, slice) and r.stop - r.start == 10 for r in reads)
+    whole = images[3:].reshape(-1, 3).astype(np.float64) / 127.5 - 1.0
+    np.testing.assert_allclose(model.pixel_mean.numpy(), whole.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(model.pixel_std.numpy(), whole.std(axis=0), rtol=1e-6)

@@ -694,6 +694,40 @@ def test_a_split_of_a_mapped_cohort_is_a_view_and_travels_as_a_file_name(dataset
     assert part.fingerprint() != split.subset(np.array([3, 7, 12])).fingerprint()
 
 
+def test_augmented_split_of_a_mapped_cohort_joins_without_reading(dataset: tuple[Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """concat of a mapped training split and synthetic patches: a ConcatImages that reads no pixel until asked,
+    indexes across both parts like the joined array, and whose real rows are the training split's own view."""
+    import pickle
+
+    from benchmark.core.data import ConcatImages, concat
+
+    root, csv = dataset
+    index, _ = load_index(root, csv)
+    pixels, _, _ = decode_all(PathImages(index["path"], 32), tmp_path / "cache", progress=False)
+    meta = index.drop(columns="path").assign(label=0, is_synthetic=False, source="tcga-ut")
+    train = Split(pixels, meta, "all").subset(np.arange(2, 20))
+    fake = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    synthetic = Split(fake, meta.iloc[:5].assign(is_synthetic=True).reset_index(drop=True), "synthetic")
+    joined = concat([train, synthetic], "train")
+    assert isinstance(joined.images, ConcatImages) and joined.images.shape == (23, 32, 32, 3)
+    expected = np.concatenate([np.asarray(pixels.base)[2:20], fake])
+    np.testing.assert_array_equal(joined.images[:], expected)
+    picks = np.array([22, 0, 17, 18, 5])  # across the parts, out of order
+    np.testing.assert_array_equal(joined.images[picks], expected[picks])
+    np.testing.assert_array_equal(joined.images[-1], fake[-1])
+    np.testing.assert_array_equal(joined.subset(picks).images[:], expected[picks])
+    real = joined.subset(~joined.metadata["is_synthetic"].to_numpy(bool))
+    assert isinstance(real.images, ArrayImages) and real.fingerprint() == train.fingerprint()  # shared caches
+    np.testing.assert_array_equal(joined.subset(np.arange(18, 23)).images, fake)  # the synthetic part itself
+    back = pickle.loads(pickle.dumps(joined))
+    assert back.fingerprint() == joined.fingerprint() and len(pickle.dumps(joined)) < 40_000
+    np.testing.assert_array_equal(back.images[:], expected)
+    assert concat([train, synthetic.subset(np.arange(4))], "x").fingerprint() != joined.fingerprint()
+    with pytest.raises(IndexError, match="out of range"):
+        joined.images[23]
+
+
 def test_fingerprint_follows_the_files(dataset: tuple[Path, Path]) -> None:
     root, csv = dataset
     index, _ = load_index(root, csv)
