@@ -187,6 +187,10 @@ def finite_or_none(value: float) -> float | None:
 RI_K_CANDIDATES = (5, 11, 21)
 
 
+#: Memory (MB) sklearn may use for one chunk of the robustness index's neighbour distances.
+RI_WORKING_MB = 16
+
+
 def robustness_index(
     embeddings: np.ndarray, labels: np.ndarray, sites: np.ndarray, patients: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -212,8 +216,13 @@ def robustness_index(
     manifest = pd.DataFrame({"sample_id": np.arange(n).astype(str), "image_path": np.arange(n).astype(str),
                              "label": labels, "group_id": groups, "site": sites})
     features = np.ascontiguousarray(embeddings, dtype=np.float64)
+    from sklearn import config_context
+
     try:
-        with warnings.catch_warnings():
+        # croma's neighbours are sklearn's, whose brute-force distances are computed in row chunks of up to
+        # ``working_memory`` MB (1 GB by default, quadratic in the split up to it): capped here, so the memory stays
+        # bounded on a large split (one chunk, as before, for splits of up to ~1,400 patches)
+        with warnings.catch_warnings(), config_context(working_memory=RI_WORKING_MB):
             warnings.simplefilter("ignore")  # croma warns about low support; the support is returned
             result = RI.compute(features, manifest, confounder_column="site", k_candidates=list(RI_K_CANDIDATES))
     except ValueError as exc:  # croma's own input checks (e.g. no informative pair at all)
