@@ -83,10 +83,19 @@ def test_perf_rows_read_memory_as_lower_is_better() -> None:
 
 
 def test_figure_draws_both_paths() -> None:
-    runs = [dict(n=n, path=p, method=m, peak_rss_mb=500 + n * (0.05 if p == "in_memory" else 0.01))
+    runs = [dict(n=n, path=p, method=m, peak_rss_mb=(1300 if m == "medi" else 500) + n * (0.05 if p == "in_memory"
+                                                                                       else 0.01))
             for n in (10, 40, 160) for p in scale.PATHS for m in ("none", "medi")]
     png = scale.figure_png({"runs": runs, "image_size": 128}, "title")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    import io
+
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    blue = (pixels[..., 2] > 150) & (pixels[..., 0] < 80)  # the mapped path's line (C0)
+    halves = blue[:, : pixels.shape[1] // 2].sum(), blue[:, pixels.shape[1] // 2 :].sum()
+    assert min(halves) > 100, halves  # a line in each panel
 
 
 @pytest.mark.slow
