@@ -93,8 +93,10 @@ def make_folder(n: int, root: Path, he: np.ndarray, seed: int = 0) -> tuple[Path
 
 @dataclass
 class Usage:
-    """What one command cost: wall time, peak RSS (the largest process's high-water mark, from the kernel), and the
-    process tree's largest total PSS with its anonymous and file-backed resident memory at that moment (MB)."""
+    """What one command cost: wall time, peak RSS (the largest process's high-water mark, VmHWM, which a process
+    starts afresh at exec: the rusage figure of a child carries its parent's RSS at the fork), the process tree's
+    largest total PSS with its anonymous and file-backed resident memory at that moment, and the largest sum of
+    its processes' RSS (which counts a shared page once per process; PSS divides it among them), in MB."""
 
     seconds: float
     peak_rss_mb: float
@@ -104,6 +106,7 @@ class Usage:
     processes: int
     returncode: int
     stderr_tail: str = ""
+    rss_sum_mb: float = 0.0
 
 
 def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: float = 0.1,
@@ -116,7 +119,7 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
-        best = {"pss": 0.0, "anon": 0.0, "file": 0.0, "n": 0}
+        best = {"pss": 0.0, "anon": 0.0, "file": 0.0, "n": 0, "hwm": 0.0, "rss_sum": 0.0}
         done = threading.Event()
 
         def sample() -> None:
@@ -125,7 +128,7 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
             except psutil.Error:
                 return
             while not done.is_set():
-                pss = anon = file = 0.0
+                pss = anon = file = rss = 0.0
                 try:
                     tree = [top, *top.children(recursive=True)]
                 except psutil.Error:
@@ -133,11 +136,14 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
                 for p in tree:
                     try:
                         full = p.memory_full_info()
+                        best["hwm"] = max(best["hwm"], _high_water(p.pid))
                     except psutil.Error:  # exited between listing and reading
                         continue
                     pss += full.pss
                     anon += full.rss - full.shared  # RssAnon (shared = RssFile + RssShmem)
                     file += full.shared
+                    rss += full.rss
+                best["rss_sum"] = max(best["rss_sum"], rss)
                 if pss > best["pss"]:
                     best.update(pss=pss, anon=anon, file=file)
                 best["n"] = max(best["n"], len(tree))
@@ -153,8 +159,20 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
         err.seek(0)
         tail = "\n".join(err.read().decode(errors="replace").strip().splitlines()[-5:])
     mb = 1024.0 * 1024.0
-    return Usage(seconds, usage.ru_maxrss / 1024.0, best["pss"] / mb, best["anon"] / mb, best["file"] / mb,
-                 int(best["n"]), proc.returncode, tail)
+    peak = best["hwm"] / mb if best["hwm"] else usage.ru_maxrss / 1024.0  # no /proc: the rusage figure
+    return Usage(seconds, peak, best["pss"] / mb, best["anon"] / mb, best["file"] / mb, int(best["n"]),
+                 proc.returncode, tail, best["rss_sum"] / mb)
+
+
+def _high_water(pid: int) -> float:
+    """A process's peak RSS in bytes (VmHWM of /proc/<pid>/status; 0 where there is no /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return 0.0
 
 
 def slope(ns: Sequence[float], values: Sequence[float]) -> float:
