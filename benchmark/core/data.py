@@ -180,14 +180,14 @@ class ArrayImages:
         self.__dict__.update(state)
 
 
-def images_fingerprint(images: np.ndarray | ImageSource) -> str:
-    """Content hash of an image stack: of an array's shape and pixels, or a lazy source's own fingerprint."""
-    if not isinstance(images, np.ndarray):
-        return images.fingerprint()
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(images.shape).encode())
-    h.update(np.ascontiguousarray(images).data)
-    return h.hexdigest()
+def hash_images(h, images: np.ndarray | ImageSource) -> None:
+    """Feed an image stack's content into the hash ``h``: an array's shape and pixels, or a lazy source's own
+    fingerprint (Split.fingerprint and ConcatImages.fingerprint)."""
+    if isinstance(images, np.ndarray):
+        h.update(str(images.shape).encode())
+        h.update(np.ascontiguousarray(images).data)
+    else:
+        h.update(images.fingerprint().encode())
 
 
 class ConcatImages:
@@ -251,7 +251,7 @@ class ConcatImages:
         h = hashlib.blake2b(digest_size=16)
         h.update(b"concat-images")
         for p in self.parts:
-            h.update(images_fingerprint(p).encode())
+            hash_images(h, p)
         h.update(np.ascontiguousarray(self.part).data)
         h.update(np.ascontiguousarray(self.row).data)
         return h.hexdigest()
@@ -316,11 +316,7 @@ class Split:
     def fingerprint(self) -> str:
         """Content hash of pixels and metadata; keys the embedding and model caches."""
         h = hashlib.blake2b(digest_size=16)
-        if isinstance(self.images, np.ndarray):  # the pixels hashed in place (as images_fingerprint, one pass)
-            h.update(str(self.images.shape).encode())
-            h.update(np.ascontiguousarray(self.images).data)
-        else:
-            h.update(self.images.fingerprint().encode())
+        hash_images(h, self.images)
         h.update(pd.util.hash_pandas_object(self.metadata[list(METADATA_COLUMNS)], index=False).to_numpy().data)
         # a cohort's own columns (a manifest's ``scanner``) can be conditioned on, so they are content too; the
         # derived ``group`` is not (and tasks without extra columns keep the fingerprints they always had)
