@@ -523,7 +523,8 @@ class DiffusionModel:
                shard: bool = False) -> np.ndarray:
         """uint8 N x H x W x 3 images conditioned on the rows of ``meta``. Each batch's noise depends on the seed and
         the batch's position only, so ``shard`` (every process of a multi-process run samples its share of the
-        batches and all of them get the whole result) gives the images one process would."""
+        batches and the main process gets the whole result: distributed.fill_batches) gives the images one process
+        would."""
         import torch
         from tqdm.auto import tqdm
 
@@ -543,33 +544,31 @@ class DiffusionModel:
         starts = distributed.batch_starts(n, p.sample_batch_size, shard)
         bar = tqdm(total=sum(min(n, s + p.sample_batch_size) - s for s in starts),
                    desc=f"sampling ({p.sampler}, {p.sampling_steps} steps)", disable=not progress, leave=False)
+        coefs = [w for _, _, w in mix]
+
+        def make(start: int, stop: int) -> np.ndarray:
+            gen = torch.Generator("cpu").manual_seed(seed * 7919 + start)
+            x = torch.randn((stop - start, 3, self.image_size, self.image_size), generator=gen).to(device)
+            lab, cod = labels[start:stop], {a: v[start:stop] for a, v in codes.items()}
+            # one UNet call per step for every condition variant of the guidance mix (stacked on the batch)
+            z = torch.cat([self.z_cond(*self.masked_codes(lab, cod, keep_class, keep_meta), device)
+                           for keep_class, keep_meta, _ in mix])
+            sched = self.scheduler(p.sampler)
+            sched.set_timesteps(p.sampling_steps, device=device)
+            for t in sched.timesteps:
+                xin = torch.cat([x] * len(mix))
+                with torch.autocast(device_type=device if device != "mps" else "cpu", dtype=dtype,
+                                    enabled=dtype is not None):
+                    out_all = self.predict(xin, t, z).float()
+                eps = sum(w * part for w, part in zip(coefs, out_all.chunk(len(mix)), strict=True))
+                x = sched.step(eps, t, x).prev_sample
+            pixels = (self.to_pixel_space(x).clamp(-1, 1) + 1) * 127.5
+            bar.update(stop - start)
+            return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
         with torch.inference_mode():
-            for start in starts:
-                stop = min(n, start + p.sample_batch_size)
-                b = stop - start
-                gen = torch.Generator("cpu").manual_seed(seed * 7919 + start)
-                x = torch.randn((b, 3, self.image_size, self.image_size), generator=gen).to(device)
-                lab, cod = labels[start:stop], {a: v[start:stop] for a, v in codes.items()}
-                # one UNet call per step for every condition variant of the guidance mix (stacked on the batch)
-                z = torch.cat([self.z_cond(*self.masked_codes(lab, cod, keep_class, keep_meta), device)
-                               for keep_class, keep_meta, _ in mix])
-                coefs = [w for _, _, w in mix]
-                sched = self.scheduler(p.sampler)
-                sched.set_timesteps(p.sampling_steps, device=device)
-                for t in sched.timesteps:
-                    xin = torch.cat([x] * len(mix))
-                    with torch.autocast(device_type=device if device != "mps" else "cpu", dtype=dtype,
-                                        enabled=dtype is not None):
-                        out_all = self.predict(xin, t, z).float()
-                    eps = sum(w * part for w, part in zip(coefs, out_all.chunk(len(mix)), strict=True))
-                    x = sched.step(eps, t, x).prev_sample
-                pixels = (self.to_pixel_space(x).clamp(-1, 1) + 1) * 127.5
-                img = pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-                out[start:stop] = img
-                bar.update(b)
+            distributed.fill_batches(out, p.sample_batch_size, make, shard)
         bar.close()
-        if shard:
-            distributed.gather_batches(out, starts, p.sample_batch_size)
         return out
 
 

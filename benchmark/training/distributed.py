@@ -11,7 +11,9 @@ tracking runs. Without a launcher every function here is a no-op and the run is 
 from __future__ import annotations
 
 import os
-from typing import Any, TypeVar
+from typing import TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -55,17 +57,6 @@ def broadcast(value: T) -> T:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value], from_process=0)[0]
-
-
-def gather(value: Any) -> list[Any]:
-    """Every process's ``value``, in rank order, in every process."""
-    if not active():
-        return [value]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, value)
-    return out
 
 
 def shard(n: int) -> range:
@@ -146,11 +137,40 @@ def batch_starts(n: int, batch_size: int, shard_it: bool = True) -> list[int]:
     return [starts[i] for i in shard(len(starts))] if shard_it else starts
 
 
-def gather_batches(out, starts: list[int], batch_size: int) -> None:
-    """Fill the array ``out`` in place with the batches every process made (``starts``: this process's, from
-    :func:`batch_starts`), so that all of them hold the whole result; nothing to do in one process."""
-    if not active():
+def fill_batches(out, batch_size: int, make, shard_it: bool = True) -> None:
+    """Fill the array ``out`` batch by batch: ``out[start:stop] = make(start, stop)``. In one process (or with
+    ``shard_it`` False) every batch here. Among several, each process makes its :func:`shard` of the batches and
+    every batch goes to the main process as soon as it is made (one tensor gather per round, a batch from each
+    process), so the main process holds the whole result while the others hold only the batch in hand: they leave
+    their ``out`` unwritten (its pages never become resident), as they stop after the shared part. The result does
+    not depend on the number of processes as long as ``make`` depends on its rows only."""
+    n = len(out)
+    if not (shard_it and active()):
+        for start in batch_starts(n, batch_size, shard_it=False):
+            stop = min(n, start + batch_size)
+            out[start:stop] = make(start, stop)
         return
-    for part in gather({s: out[s : s + batch_size] for s in starts}):
-        for s, block in part.items():
-            out[s : s + len(block)] = block
+    import torch
+    import torch.distributed as dist
+
+    mine = batch_starts(n, batch_size)
+    rounds = -(-len(range(0, n, batch_size)) // world_size())
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    buffer = torch.zeros((batch_size, *out.shape[1:]), dtype=torch.from_numpy(out[:0]).dtype, device=device)
+    where = torch.zeros(2, dtype=torch.long, device=device)  # (start, rows) of the batch in the buffer
+    parts = [torch.empty_like(buffer) for _ in range(world_size())] if is_main() else None
+    places = [torch.empty_like(where) for _ in range(world_size())] if is_main() else None
+    for r in range(rounds):
+        where.zero_()
+        if r < len(mine):  # the last round may have no batch for some processes
+            start = mine[r]
+            stop = min(n, start + batch_size)
+            block = make(start, stop)
+            buffer[: stop - start] = torch.from_numpy(np.ascontiguousarray(block)).to(device)
+            where[0], where[1] = start, stop - start
+        dist.gather(where, places, dst=0)
+        dist.gather(buffer, parts, dst=0)
+        if is_main():
+            for (start, rows), part in zip(places, parts, strict=True):
+                out[int(start) : int(start) + int(rows)] = part[: int(rows)].cpu().numpy()
+
