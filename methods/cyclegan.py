@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.core.config import tunable
-from benchmark.core.data import UNKNOWN, Split, concat
+from benchmark.core.data import UNKNOWN, ImageSource, Split, concat
 from benchmark.core.generation import PLAN_MODES, expand_plan, generation_plan
 from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
@@ -588,29 +588,30 @@ class CycleGAN(Method):
             out[i] = pool[rng.integers(len(pool))]
         return out, {"same_site_sources": same_site}
 
-    def translate(self, images: np.ndarray, sites: list[str] | np.ndarray, ctx: Context,
+    def translate(self, images: np.ndarray | ImageSource, sites: list[str] | np.ndarray, ctx: Context,
                   shard: bool = False) -> np.ndarray:
         """uint8 images translated into the style of ``sites`` (unknown sites: the pooled 'Unknown' style);
-        ``shard``: called by every process of a multi-process run, each translates its share of the batches."""
+        ``shard``: called by every process of a multi-process run, each translates its share of the batches and the
+        main process gets them all (distributed.fill_batches)."""
         torch = _torch()
         if self.generator is None:
             raise RuntimeError("cyclegan: fit() must run before translating")
         index = {s: i for i, s in enumerate(self.vocabulary)}
         domains = torch.tensor([index.get(str(s), index[UNKNOWN]) for s in sites], dtype=torch.long)
-        out = np.empty_like(images)
+        out = np.empty(images.shape, dtype=np.uint8)
         bs = self.params.sample_batch_size
-        starts = distributed.batch_starts(len(images), bs, shard)
+
+        def make(start: int, stop: int) -> np.ndarray:
+            x = to_tensor(np.asarray(images[start:stop]), ctx.device)
+            with autocast(ctx.device, self.params.precision):
+                y = self.generator(x, domains[start:stop].to(ctx.device))
+            if not torch.isfinite(y).all():
+                raise TrainingError(f"cyclegan: the generator produced non-finite pixels (batch at {start}); "
+                                    "the cached model is unusable, delete it to retrain")
+            return to_uint8(y)
+
         with torch.no_grad():
-            for start in starts:
-                x = to_tensor(images[start : start + bs], ctx.device)
-                with autocast(ctx.device, self.params.precision):
-                    y = self.generator(x, domains[start : start + bs].to(ctx.device))
-                if not torch.isfinite(y).all():
-                    raise TrainingError(f"cyclegan: the generator produced non-finite pixels (batch at {start}); "
-                                        "the cached model is unusable, delete it to retrain")
-                out[start : start + len(x)] = to_uint8(y)
-        if shard:
-            distributed.gather_batches(out, starts, bs)
+            distributed.fill_batches(out, bs, make, shard)
         return out
 
     def synthesize(self, conditions: pd.DataFrame, ctx: Context) -> np.ndarray:
@@ -633,7 +634,8 @@ class CycleGAN(Method):
         if len(conditions) == 0:
             size = self.train_split.image_size
             return np.zeros((0, size, size, 3), dtype=np.uint8), src
-        images = self.translate(np.asarray(self.train_split.images[src]), targets, ctx, shard=shard)
+        # the sources stay a view of the training split (a mapped cohort is read a batch at a time)
+        images = self.translate(self.train_split.subset(src).images, targets, ctx, shard=shard)
         return images, src
 
     def augment(self, train: Split, ctx: Context) -> Split:
