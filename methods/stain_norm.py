@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark.core.cache import scratch_rows
 from benchmark.core.config import tunable
-from benchmark.core.data import ImageSource, Split
+from benchmark.core.data import ArrayImages, ImageSource, Split
 from benchmark.core.registry import METHODS
 from benchmark.protocols import Context, Method
 
@@ -385,26 +386,35 @@ class StainNormalization(Method):
         return ctx.report.setdefault("stain_norm", {"reference": {}, "failed": {}, "n": {}})
 
     def _normalize(self, split: Split, ctx: Context) -> Split:
+        """``split`` normalized a batch at a time; the normalized pixels go to a scratch file of the cache folder,
+        mapped (cache.scratch_rows), so that neither the split nor its normalized copy is ever held in memory."""
         if self.reference is None:
             raise RuntimeError("stain_norm: fit() must run before augment() / transform_eval()")
         p = self.params
-        out = np.empty((len(split), split.image_size, split.image_size, 3), dtype=np.uint8) if len(split) else None
-        reasons = np.zeros(len(split), dtype=np.int64)
-        for start, batch in zip(range(0, len(split), p.batch_size), split.batches(p.batch_size), strict=True):
-            out[start : start + len(batch)], reasons[start : start + len(batch)] = normalize_batch(
-                batch, self.reference, p, ctx.device
-            )
         name = split.name or "split"
+        reasons = np.zeros(len(split), dtype=np.int8)
+        if not len(split):
+            self._count(ctx, name, reasons)
+            return split
+
+        def fill(out) -> None:
+            for start, batch in zip(range(0, len(split), p.batch_size), split.batches(p.batch_size), strict=True):
+                out[start : start + len(batch)], reasons[start : start + len(batch)] = normalize_batch(
+                    batch, self.reference, p, ctx.device)
+
+        shape = (len(split), split.image_size, split.image_size, 3)
+        pixels = scratch_rows(ctx.cache_dir / "stain_norm", f"{name}.npy", shape, np.uint8, fill)
+        self._count(ctx, name, reasons)
+        return split.with_images(ArrayImages(pixels))
+
+    def _count(self, ctx: Context, name: str, reasons: np.ndarray) -> None:
         counts = {REASONS[r]: int((reasons == r).sum()) for r in range(1, len(REASONS)) if (reasons == r).any()}
         report = self._report(ctx)
         report["failed"][name] = counts
-        report["n"][name] = len(split)
+        report["n"][name] = len(reasons)
         if counts:
             log.info("stain_norm: %s: %d of %d patch(es) kept unnormalized %s", name, sum(counts.values()),
-                     len(split), counts)
-        if out is None:
-            return split
-        return split.with_images(out)
+                     len(reasons), counts)
 
     def _sample_grid(self, before: Split, after: Split, ctx: Context, n_sites: int = 8) -> None:
         """A PNG: for the largest training sites, one patch before (top row) and after (bottom row)."""

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from benchmark.core.cache import atomic_write_json, fsync_dir
-from benchmark.core.data import ArrayImages, index_positions
+from benchmark.core.cache import RowWriter, atomic_write_json, fsync_dir
+from benchmark.core.data import ArrayImages, index_positions, is_int
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +192,9 @@ class PathImages:
         return pixels
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            n = len(self.paths)
-            if not -n <= index < n:
-                raise IndexError(f"image index {index} out of range for {n} images")
-            return self.decode(int(index) % n)
         positions = index_positions(index, len(self.paths))
+        if is_int(index):
+            return self.decode(int(positions[0]))
         out = np.empty((len(positions), self.size, self.size, 3), dtype=np.uint8)
         for k, i in enumerate(positions):
             out[k] = self.decode(int(i))
@@ -302,35 +299,11 @@ def _load_cache(files: _CacheFiles, key: str, n: int, size: int) -> tuple[np.nda
     return pixels, mask, details
 
 
-class _RowWriter:
-    """Rows of a ``.npy`` file written with ``os.pwrite``, not through a memory map: the pixels go to the kernel's page
-    cache and the file, never into this process's resident memory (a mapped page that is written stays resident)."""
-
-    def __init__(self, path: str | Path) -> None:
-        header = np.load(path, mmap_mode="r")  # the header: shape, dtype and where the data begins
-        self.shape, self.offset = header.shape, int(header.offset)
-        self.row_bytes = int(np.prod(header.shape[1:])) * header.dtype.itemsize
-        del header
-        self.fd = os.open(path, os.O_RDWR)
-
-    def __setitem__(self, i: int, pixels: np.ndarray) -> None:
-        data = np.ascontiguousarray(pixels, dtype=np.uint8)
-        if data.nbytes != self.row_bytes:
-            raise ValueError(f"row of {data.nbytes} bytes for a file of {self.row_bytes}-byte rows")
-        os.pwrite(self.fd, data.data, self.offset + int(i) * self.row_bytes)
-
-    def flush(self) -> None:
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 def _decode_rows(paths: Sequence[str], size: int, target: str, start: int, on_error: str
                  ) -> tuple[list[tuple[int, str]], dict[str, int]]:
     """A worker process's chunk: decode ``paths`` into rows ``start...`` of the ``.npy`` file ``target``; returns
     the bad rows (under on_error="skip") and the conversions made."""
-    out = _RowWriter(target)
+    out = RowWriter(target)
     bad: list[tuple[int, str]] = []
     converted: dict[str, int] = {}
     for k, path in enumerate(paths):
@@ -353,7 +326,7 @@ def _chunks(todo: range, chunk: int) -> list[range]:
     return [range(a, min(a + chunk, todo.stop)) for a in range(todo.start, todo.stop, chunk)]
 
 
-def _decode_into(images: PathImages, out: np.ndarray | _RowWriter, todo: range, workers: int, target: str | None,
+def _decode_into(images: PathImages, out: np.ndarray | RowWriter, todo: range, workers: int, target: str | None,
                  on_chunk: Callable[[int, list, dict], None], bar) -> None:
     """Decode rows ``todo`` into ``out`` (an array, or the writer of the file ``target``) in order of chunks;
     ``on_chunk(done_upto, bad, converted)`` after each chunk whose rows, and all before them, are done."""
@@ -500,17 +473,14 @@ def _decode_cached(images: PathImages, files: _CacheFiles, key: str, workers: in
             if saved.get("key") != key or header.shape != (n, size, size, 3) or header.dtype != np.uint8:
                 raise ValueError("made for another cohort")
             del header
-            out = _RowWriter(files.partial)
+            out = RowWriter(files.partial)
             state = saved
         except (OSError, ValueError, EOFError, json.JSONDecodeError) as exc:
             log.warning("cannot resume the decode from %s (%s); starting over", files.partial.name, exc)
             out = None
     if out is None:
         state = {"key": key, "done": 0, "bad": [], "skipped": [], "converted": {}}
-        files.partial.parent.mkdir(parents=True, exist_ok=True)
-        created = np.lib.format.open_memmap(files.partial, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        del created  # the header and the file's size; the rows are written with pwrite
-        out = _RowWriter(files.partial)
+        out = RowWriter.create(files.partial, (n, size, size, 3), np.uint8)
     resumed_at = int(state["done"])
     if state["skipped"] and images.on_error == "fail":
         raise DataError(f"{state['skipped'][0][1]} (found by the decode this one resumes, recorded in "

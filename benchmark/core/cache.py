@@ -197,3 +197,76 @@ def cached_array(
             if mapped is not None:
                 return mapped
     return array
+
+
+class RowWriter:
+    """Rows of a ``.npy`` file written with ``os.pwrite``, not through a memory map: the data go to the kernel's page
+    cache and the file, never into this process's resident memory (a mapped page that is written stays resident).
+    ``writer[i] = row`` writes row ``i``, ``writer[start:stop] = rows`` a run of them."""
+
+    def __init__(self, path: str | Path) -> None:
+        header = np.load(path, mmap_mode="r")  # the header: shape, dtype and where the data begins
+        self.shape, self.dtype, self.offset = header.shape, header.dtype, int(header.offset)
+        self.row_bytes = int(np.prod(header.shape[1:])) * header.dtype.itemsize
+        del header
+        self.fd = os.open(path, os.O_RDWR)
+
+    @classmethod
+    def create(cls, path: str | Path, shape: tuple, dtype: Any) -> RowWriter:
+        """A new file of ``shape`` (its rows unwritten: the file is sparse until they are) and its writer."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        created = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+        del created  # only the header and the file's size; the rows are written with pwrite
+        return cls(path)
+
+    def __setitem__(self, index: int | slice, rows: np.ndarray) -> None:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step != 1:
+                raise ValueError(f"rows {index!r}: only contiguous runs of rows are written")
+        else:
+            start = int(index) + self.shape[0] if int(index) < 0 else int(index)
+            stop = start + 1
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        if not 0 <= start < stop <= self.shape[0] or data.nbytes != (stop - start) * self.row_bytes:
+            raise ValueError(f"{data.nbytes} bytes for rows {start}:{stop} of a file of {self.shape[0]} rows of "
+                             f"{self.row_bytes} bytes")
+        os.pwrite(self.fd, data.data, self.offset + start * self.row_bytes)
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def scratch_rows(folder: Path, name: str, shape: tuple, dtype: Any, fill: Callable[[RowWriter], None]) -> np.ndarray:
+    """An array too large to hold, built by ``fill`` (which writes its rows, a batch at a time, into a RowWriter) into
+    a temporary file of ``folder`` and returned read-only memory-mapped from it: its pages are the file's, which the
+    kernel writes back to disk instead of holding them. The file is deleted when the returned array is let go or
+    the process exits; a killed process's file is removed by a later run (``remove_orphan_temps``)."""
+    import weakref
+
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _mkstemp(path)
+    os.close(fd)
+    try:
+        writer = RowWriter.create(tmp, shape, dtype)
+        try:
+            fill(writer)
+        finally:
+            writer.close()
+        mapped = np.load(tmp, mmap_mode="r", allow_pickle=False)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    weakref.finalize(mapped, _unlink_quietly, tmp)
+    return mapped
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # already gone, or still open elsewhere (Windows): remove_orphan_temps takes it later
+        pass

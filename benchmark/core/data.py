@@ -55,9 +55,17 @@ class ImageSource(Protocol):
 Images = "np.ndarray | ImageSource"
 
 
-def index_positions(index: slice | np.ndarray | Sequence[int], n: int) -> np.ndarray:
-    """Positions in ``0..n-1`` of a slice, bool mask or int array (negative ints count from the end) into ``n``
-    images; IndexError naming what is wrong. Shared by the lazy image sources."""
+def is_int(index: object) -> bool:
+    return isinstance(index, (int, np.integer)) and not isinstance(index, bool)
+
+
+def index_positions(index: int | slice | np.ndarray | Sequence[int], n: int) -> np.ndarray:
+    """Positions in ``0..n-1`` of an int, slice, bool mask or int array (negative ints count from the end) into
+    ``n`` images; IndexError naming what is wrong. Shared by the lazy image sources."""
+    if is_int(index):
+        if not -n <= index < n:
+            raise IndexError(f"image index {index} out of range for {n} images")
+        return np.array([index % n])
     if isinstance(index, slice):
         return np.arange(n)[index]
     idx = np.asarray(index)
@@ -104,7 +112,10 @@ class ArrayImages:
         if not mapped or not hasattr(os, "preadv"):  # preadv: POSIX
             return None
         if self._fd is None:
-            self._fd = os.open(base.filename, os.O_RDONLY)
+            try:
+                self._fd = os.open(base.filename, os.O_RDONLY)
+            except FileNotFoundError:  # a scratch file already deleted (cache.scratch_rows): read through the map
+                return None
         return self._fd, int(base.offset), int(np.prod(base.shape[1:]))
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
@@ -134,12 +145,8 @@ class ArrayImages:
         return f"ArrayImages(n={len(self)} of {len(self.base)}, {where})"
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            n = len(self)
-            if not -n <= index < n:
-                raise IndexError(f"image index {index} out of range for {n} images")
-            return self._read(self.positions[[index]])[0]
-        return self._read(self.positions[index_positions(index, len(self))])
+        rows = self._read(self.positions[index_positions(index, len(self))])
+        return rows[0] if is_int(index) else rows
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """Every selected image read into memory (what ``np.asarray(split.images)`` gets): the consumers that still
@@ -230,12 +237,9 @@ class ConcatImages:
         return ConcatImages(self.parts, part, row)
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            n = len(self)
-            if not -n <= index < n:
-                raise IndexError(f"image index {index} out of range for {n} images")
-            return np.asarray(self.parts[int(self.part[index])][int(self.row[index])])
         pos = index_positions(index, len(self))
+        if is_int(index):
+            return np.asarray(self.parts[int(self.part[pos[0]])][int(self.row[pos[0]])])
         out = np.empty((len(pos), *self.parts[0].shape[1:]), dtype=np.uint8)
         part, row = self.part[pos], self.row[pos]
         for k in np.unique(part):
@@ -309,7 +313,7 @@ class Split:
             return self
         return Split(materialize(self.images), self.metadata, self.name, dict(self.info))
 
-    def with_images(self, images: np.ndarray, name: str | None = None) -> Split:
+    def with_images(self, images: np.ndarray | ImageSource, name: str | None = None) -> Split:
         """Same metadata, new pixels (e.g. stain-normalized)."""
         return Split(images, self.metadata, name or self.name, dict(self.info))
 

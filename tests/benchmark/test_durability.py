@@ -81,6 +81,48 @@ def _loop(folder, total, stop_after=None, seen=None):
     return reached, state
 
 
+
+def test_row_writer_writes_rows_and_runs_of_rows_and_refuses_what_does_not_fit(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "rows.npy"
+    writer = cache.RowWriter.create(path, (5, 2, 3), np.uint8)
+    rows = np.arange(30, dtype=np.uint8).reshape(5, 2, 3)
+    writer[0] = rows[0]
+    writer[1:4] = rows[1:4]
+    writer[-1] = rows[4]
+    with pytest.raises(ValueError, match="6 bytes for rows 1:3"):
+        writer[1:3] = rows[1]
+    with pytest.raises(ValueError, match="rows 4:5 of a file of 5 rows"):
+        writer[4:7] = rows[2:5]  # past the end
+    writer.close()
+    np.testing.assert_array_equal(np.load(path), rows)
+
+
+def test_a_scratch_array_is_mapped_from_a_file_deleted_with_it(tmp_path):
+    import gc
+
+    import numpy as np
+
+    def fill(writer):
+        for start in range(0, 10, 4):
+            writer[start : min(10, start + 4)] = np.full((min(4, 10 - start), 3), start, dtype=np.int16)
+
+    array = cache.scratch_rows(tmp_path / "scratch", "x.npy", (10, 3), np.int16, fill)
+    (file,) = (tmp_path / "scratch").iterdir()
+    assert isinstance(array, np.memmap) and not array.flags.writeable
+    np.testing.assert_array_equal(array[:, 0], [0, 0, 0, 0, 4, 4, 4, 4, 8, 8])
+    del array
+    gc.collect()
+    assert not file.exists()
+
+    def failing(writer):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        cache.scratch_rows(tmp_path / "scratch", "y.npy", (10, 3), np.int16, failing)
+    assert not list((tmp_path / "scratch").iterdir())  # nothing left behind
+
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, caplog):
     folder = tmp_path / "ckpt"
     _loop(folder, 10, stop_after=5)  # checkpoints at steps 2 and 4 (keep=2)

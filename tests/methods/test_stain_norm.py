@@ -75,13 +75,35 @@ def test_keeps_shape_dtype_range_and_metadata(nsclc, tmp_path):
     for name in ("train", "val"):
         src = splits[name]
         out = method.augment(src, ctx) if name == "train" else method.transform_eval(src, ctx)
-        assert out.images.shape == src.images.shape and out.images.dtype == np.uint8
-        assert out.images.min() >= 0 and out.images.max() <= 255
-        assert out.images.std() > 10  # still an image, not a flat colour
-        assert not np.array_equal(out.images, src.images)  # and actually changed
+        pixels = np.asarray(out.images)
+        assert pixels.shape == src.images.shape and pixels.dtype == np.uint8
+        assert pixels.min() >= 0 and pixels.max() <= 255
+        assert pixels.std() > 10  # still an image, not a flat colour
+        assert not np.array_equal(pixels, src.images)  # and actually changed
         assert out.metadata.equals(src.metadata)
         assert not out.metadata["is_synthetic"].any()
 
+
+
+def test_normalized_pixels_live_in_a_scratch_file_that_goes_with_them(nsclc, tmp_path):
+    """The normalized copy of a split is written a batch at a time to a file and mapped, never held in memory; the
+    file is deleted when the split is let go (a cohort at TCGA scale would otherwise be held twice)."""
+    import gc
+
+    task, splits = nsclc
+    method = StainNormalization(Params(batch_size=7))  # several batches, the last one short
+    ctx = make_ctx(task, tmp_path)
+    method.fit(splits["train"], ctx)
+    val = splits["val"]
+    out = method.transform_eval(val, ctx)
+    (scratch,) = (tmp_path / "stain_norm").iterdir()
+    assert isinstance(out.images.base, np.memmap) and Path(out.images.base.filename) == scratch
+    expected, _ = normalize_batch(np.asarray(val.images), method.reference, method.params)
+    np.testing.assert_array_equal(np.asarray(out.images), expected)
+    np.testing.assert_array_equal(out.subset(np.arange(3, 9)).images[:], expected[3:9])
+    del out
+    gc.collect()
+    assert not scratch.exists()
 
 @pytest.mark.parametrize("normalizer", ["macenko", "reinhard"])
 def test_background_and_degenerate_patches_are_kept_and_counted(nsclc, tmp_path, normalizer, he_tiles):
