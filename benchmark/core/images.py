@@ -62,10 +62,11 @@ def tight_layout(fig) -> None:
         fig.tight_layout()
 
 
-def png_bytes(fig) -> bytes:
+def png_bytes(fig, dpi: float | None = None, crop: bool = True) -> bytes:
+    """The figure as PNG bytes (closed afterwards); ``crop``: the bounding box cut to what is drawn."""
     plt = pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if crop else None, facecolor="white")
     plt.close(fig)
     return buf.getvalue()
 

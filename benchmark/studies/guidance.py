@@ -256,12 +256,9 @@ def baseline(table: pd.DataFrame) -> pd.Series | None:
 def frontier_png(table: pd.DataFrame, title: str) -> bytes:
     """Class against site fidelity of every point (one colour per dropout setting), the true patches' fidelity
     (the ceiling), the target region; and class fidelity against the unseen cells' FID."""
-    import io
+    from benchmark.core.images import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fid = fid_column(table)
     fig, axes = plt.subplots(1, 2 if fid else 1, figsize=(11 if fid else 6, 4.6), squeeze=False)
@@ -302,10 +299,7 @@ def frontier_png(table: pd.DataFrame, title: str) -> bytes:
         axes[0, 1].axhline(0.5, color="grey", lw=0.8, ls=":")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=130, crop=False)
 
 
 def markdown(table: pd.DataFrame, title: str) -> str:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.studies.timing import alternate, rate
+
 STAGES = ("generate", "load", "embed", "fid_features", "diffusion_train", "sampling", "time_to_quality",
           "cyclegan_train", "workers", "e2e", "scale")
 #: Units where less is better (the ratio is reference / ours); for the others (throughputs) it is ours / reference.
@@ -57,23 +59,6 @@ class Row:
         return self.reference / self.ours if self.unit in LOWER_IS_BETTER else self.ours / self.reference
 
 
-def _rate(fn: Callable[[], Any], items: int, rounds: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(rounds):
-        fn()
-    return rounds * items / (time.perf_counter() - start)
-
-
-def _alternate(ours: Callable[[], float], ref: Callable[[], float]) -> tuple[float, float]:
-    """ref, ours, ref: the reference figure is the mean of its two measurements."""
-    r1 = ref()
-    o = ours()
-    r2 = ref()
-    return o, (r1 + r2) / 2
-
-
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -90,10 +75,10 @@ def stage_generate(preset: str) -> Row:
     n = 96 if preset == "smoke" else 384
     cohort = E.make_cohort(E.CohortSpec(cancer_types=tuple(E.CANCER_TYPES), n_sites=48, n_patients=480,
                                         patches_per_patient=1)).iloc[:n]
-    ours = lambda: _rate(lambda: E.render(cohort, size, 0), n, rounds=2)  # noqa: E731
+    ours = lambda: rate(lambda: E.render(cohort, size, 0), n, rounds=2)  # noqa: E731
     one_by_one = lambda: [E.render(cohort.iloc[i : i + 1], size, 0) for i in range(len(cohort))]  # noqa: E731
-    ref = lambda: _rate(one_by_one, n, rounds=1)  # noqa: E731
-    o, r = _alternate(ours, ref)
+    ref = lambda: rate(one_by_one, n, rounds=1)  # noqa: E731
+    o, r = alternate(ours, ref)
     return Row("generate", "patches/s", o, r, f"render, batch of {n} at {size} px", "render one patch per call")
 
 
@@ -120,14 +105,14 @@ def stage_load(preset: str) -> Row:
         images = PathImages(paths, size)
 
         def ours() -> float:
-            return _rate(lambda: decode_all(images, None, workers=2, progress=False), n, rounds=2)
+            return rate(lambda: decode_all(images, None, workers=2, progress=False), n, rounds=2)
 
         def plain() -> None:
             for p in paths:
                 with Image.open(p) as im:
                     np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
 
-        o, r = _alternate(ours, lambda: _rate(plain, n, rounds=2))
+        o, r = alternate(ours, lambda: rate(plain, n, rounds=2))
     return Row("load", "patches/s", o, r, f"decode_all, 2 workers, 256->{size} px",
                "PIL open/convert/resize loop")
 
@@ -161,7 +146,7 @@ def stage_embed(preset: str) -> Row:
         with torch.inference_mode():
             model(t)
 
-    o, r = _alternate(lambda: _rate(lambda: enc.embed(x), n, rounds=2), lambda: _rate(ref_once, n, rounds=2))
+    o, r = alternate(lambda: rate(lambda: enc.embed(x), n, rounds=2), lambda: rate(ref_once, n, rounds=2))
     return Row("embed", "patches/s", o, r, f"fbank encoder at {size} px", "timm resnet18 (random weights)")
 
 
@@ -191,7 +176,7 @@ def stage_fid_features(preset: str) -> Row:
         with torch.inference_mode():
             inception(F.interpolate(x.float() / 255, size=(299, 299), mode="bilinear", align_corners=False))
 
-    o, r = _alternate(lambda: _rate(ours_once, n, rounds=2), lambda: _rate(ref_once, n, rounds=1))
+    o, r = alternate(lambda: rate(ours_once, n, rounds=2), lambda: rate(ref_once, n, rounds=1))
     return Row("fid_features", "images/s", o, r, "fbank feature space (domain FID)",
                "Inception-v3 pool features at 299 px (random weights)")
 
@@ -255,7 +240,7 @@ def stage_diffusion_train(preset: str) -> Row:
         ema.step(ours.parameters())
 
     steps = 4 if preset == "smoke" else 10
-    o, r = _alternate(lambda: _rate(our_step, b, rounds=steps), lambda: _rate(ref_step, b, rounds=steps))
+    o, r = alternate(lambda: rate(our_step, b, rounds=steps), lambda: rate(ref_step, b, rounds=steps))
     n_params = sum(q.numel() for q in ref.parameters())
     return Row("diffusion_train", "images/s", o, r,
                f"our step ({'fp32' if precision == 'no' else precision}, fused AdamW, clip, EMA), batch {b}",
@@ -416,9 +401,9 @@ def stage_cyclegan_train(preset: str) -> Row:
     pair = Trainer(p, images, rng.integers(0, 2, size=256), 2, "cpu")
     steps = 2 if preset == "smoke" else 5
     counter = iter(range(10**9))
-    ours_rate = lambda: _rate(lambda: ours.step(next(counter)), p.batch_size, rounds=steps)  # noqa: E731
-    pair_rate = lambda: _rate(lambda: pair.step(next(counter)), p.batch_size, rounds=steps)  # noqa: E731
-    o, r = _alternate(ours_rate, pair_rate)
+    ours_rate = lambda: rate(lambda: ours.step(next(counter)), p.batch_size, rounds=steps)  # noqa: E731
+    pair_rate = lambda: rate(lambda: pair.step(next(counter)), p.batch_size, rounds=steps)  # noqa: E731
+    o, r = alternate(ours_rate, pair_rate)
     pairs = n_sites * (n_sites - 1) // 2
     del torch
     return Row("cyclegan_train", "images/s", o, r, f"one site-conditioned CycleGAN ({n_sites} sites)",
@@ -672,12 +657,9 @@ def time_to_quality_png(rows: list[dict], record: dict) -> bytes:
     """Quality against training wall time, the preset's recipe and the reference, one row per model: the measure
     the time is read from (the reference's final value dotted), the colour distance to the site, site fidelity and
     class fidelity in counterfactual cells."""
-    import io
+    from benchmark.core.images import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     titles = {"fid": "FID (default encoder, log scale), lower is better",
               "delta_e": "delta-E to the site's colour, lower is better", "site_fidelity": "site fidelity",
@@ -704,7 +686,4 @@ def time_to_quality_png(rows: list[dict], record: dict) -> bytes:
     fig.suptitle(f"Time to quality on nsclc, preset {record['preset']}: {record['machine']['cpu']}, "
                  f"{record['threads']} threads", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110, crop=False)

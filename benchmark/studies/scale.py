@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.studies import timing
+
 #: Patches of the smallest folder per preset (the stage measures N, 4N and 16N).
 BASE_N = {"smoke": 48, "cpu": 360}
 FACTORS = (1, 4, 16)
@@ -220,31 +222,28 @@ def _checked(usage: Usage, cmd: Sequence[str]) -> Usage:
     return usage
 
 
-def embed_rates(cache: Path, preset: str, rows: int = 1024) -> tuple[float, float]:
-    """Default-encoder embedding throughput (patches/s) over ``rows`` scattered rows of the decoded cache file, as a
-    split's are: read in batches from the mapped file (ArrayImages) against the same rows in memory, measured
-    reference, ours, reference (the reference figure is the mean of its two)."""
+def embed_rates(cache: Path, preset: str, rounds: int = 3) -> tuple[float, float]:
+    """Default-encoder embedding throughput (patches/s) over every row of the decoded cache file, read in batches
+    from the mapped file (ArrayImages, as a split's are) against the same rows in memory; ``rounds`` passes over
+    the mapped file alternate with ``rounds`` + 1 over the array in memory (timing.alternate)."""
     from benchmark.core.config import PRESETS
     from benchmark.core.data import ArrayImages
     from benchmark.evaluation.encoders import build_encoder
 
-    probe = PRESETS[preset].probe
-    encoder = build_encoder(probe)
+    encoder = build_encoder(PRESETS[preset].probe)
     batch = 32  # RUN_SETTINGS' probe.batch_size
     mapped = np.load(cache, mmap_mode="r")
-    n = min(rows, len(mapped))
-    lazy = ArrayImages(mapped, np.sort(np.random.default_rng(0).choice(len(mapped), n, replace=False)), "scale")
+    n = len(mapped)
+    lazy = ArrayImages(mapped, token="scale")
     memory = np.asarray(lazy)
 
-    def rate(images) -> float:
-        start = time.perf_counter()
+    def embed_all(images) -> None:
         for first in range(0, n, batch):
             encoder.embed(np.asarray(images[first : first + batch]), "cpu")
-        return n / (time.perf_counter() - start)
 
-    rate(memory)  # warm-up
-    r1, ours, r2 = rate(memory), rate(lazy), rate(memory)
-    return ours, (r1 + r2) / 2
+    embed_all(memory)  # warm-up
+    return timing.alternate(lambda: timing.rate(lambda: embed_all(lazy), n, rounds=1, warmup=0),
+                            lambda: timing.rate(lambda: embed_all(memory), n, rounds=1, warmup=0), rounds=rounds)
 
 
 def collect(preset: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -299,12 +298,9 @@ def collect(preset: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
 
 def figure_png(details: dict, title: str) -> bytes:
     """Peak RSS against the number of patches, both paths, ``none`` and ``medi`` side by side."""
-    import io
+    from benchmark.core.images import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = [r for r in details["runs"] if not r.get("accelerate")]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))  # own y scales: medi trains, so it holds more
@@ -323,7 +319,4 @@ def figure_png(details: dict, title: str) -> bytes:
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110, crop=False)
