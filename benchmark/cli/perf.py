@@ -21,10 +21,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "recipe: training time to the reference's final sample quality, with a figure of quality against time; "
         "about 30 min on the cpu preset), embedding, FID features, CycleGAN training, and the end-to-end run of "
         "every method with peak memory, and scale (memory and speed against cohort size: generated TCGA-UT folders of "
-        "N, 4N and 16N real H&E patches at 128 px, run --method none and 50 training steps of medi on the mapped "
-        "decode cache against data.in_memory=true, and two processes under accelerate launch against one; about "
-        "15 min on the cpu preset, with a figure). Writes --out (JSON) and the same name with .md (the table the "
-        "README quotes). Run it on an otherwise idle machine: other processes distort every figure.",
+        "N, 4N and 16N real H&E patches at 128 px, run --method none, stain_norm and 50 training steps of medi "
+        "on the mapped decode cache against data.in_memory=true, and two processes under accelerate launch against "
+        "one; about 25 min on the cpu preset, with a figure). Writes --out (JSON) and the same name with .md (the "
+        "table the README quotes). Run it on an otherwise idle machine: other processes distort every figure.",
     )
     pf.add_argument("--preset", default="smoke", choices=["smoke", "cpu"], help="sizes to measure (default smoke)")
     pf.add_argument("--stages", default="all", help="'all' or a comma-separated list of: " + ", ".join(PERF_STAGES))

@@ -2,15 +2,17 @@
 decode cache (the default) against the in-memory path (``data.in_memory=true``) in the same run.
 
 For N, 4N and 16N patches (a TCGA-UT-layout folder of real H&E crops, :func:`make_folder`) at 128 px it runs, as a
-user would, ``run --method none`` and ``run --method medi`` for 50 training steps (a token generation, so that the
-training dominates), each in its own process on each path, and reads from the process tree while it runs (psutil,
-every 0.1 s): peak RSS (the kernel's high-water mark, what ``/usr/bin/time -v`` reports), and at the peak of the
-proportional set size (PSS, shared pages divided among the processes that map them) the anonymous and the
-file-backed resident memory. The marginal resident memory per added patch is the least-squares slope of peak RSS
-against N. At 16N it also measures the embedding throughput of the default encoder over the mapped file against the
-same rows in memory, and ``medi`` under ``accelerate launch`` with two processes against one at N and 16N (total
-PSS of the process tree, since RSS counts the shared pages once per process; and its slope against N, the part
-that grows with the cohort).
+user would, ``run --method none``, ``run --method stain_norm`` (which writes a normalized copy of every split) and
+``run --method medi`` for 50 training steps (a token generation, so that the training dominates), each in its own
+process on each path, and reads from the process tree while it runs (psutil, every 0.1 s): peak RSS (the kernel's
+high-water mark, what ``/usr/bin/time -v`` reports), and at the peak of the proportional set size (PSS, shared
+pages divided among the processes that map them) the anonymous and the file-backed resident memory, and the median
+total PSS while the run's processes were alive (``steady_pss_mb``: a training peak swings with its steps'
+allocations). The marginal resident memory per added patch is the least-squares slope of peak RSS (and, for
+training, of the steady PSS) against N. At 16N it also measures the embedding throughput of the default encoder
+over the mapped file against the same rows in memory, and ``medi`` under ``accelerate launch`` with two processes
+against one at N and 16N (total PSS of the process tree, since RSS counts the shared pages once per process; and
+its slope against N, the part that grows with the cohort).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ FACTORS = (1, 4, 16)
 IMAGE_SIZE = 128
 TRAIN_STEPS = 50
 PATHS = ("mapped", "in_memory")
+#: What each folder is run with: no augmentation, stain normalization (a normalized copy of every split) and medi's
+#: training.
+METHODS = ("none", "stain_norm", "medi")
 #: Every run's settings: batches small enough that even the smallest folder's splits fill them, so a batch's
 #: working memory (a fixed cost) is the same at every N and the slope is what the cohort itself costs.
 RUN_SETTINGS = (f"data.image_size={IMAGE_SIZE}", "probe.batch_size=32")
@@ -98,7 +103,10 @@ class Usage:
     """What one command cost: wall time, peak RSS (the largest process's high-water mark, VmHWM, which a process
     starts afresh at exec: the rusage figure of a child carries its parent's RSS at the fork), the process tree's
     largest total PSS with its anonymous and file-backed resident memory at that moment, and the largest sum of
-    its processes' RSS (which counts a shared page once per process; PSS divides it among them), in MB."""
+    its processes' RSS (which counts a shared page once per process; PSS divides it among them), in MB. The peak
+    of a training run swings by ~100-200 MB with a step's transient allocations, more than a few thousand patches
+    cost; ``steady_pss_mb``, the median total PSS over the samples in which every rank of the run was alive (the
+    processes running ``-m benchmark``: one, or each of a launch), is what the slopes against N are also taken of."""
 
     seconds: float
     peak_rss_mb: float
@@ -109,6 +117,7 @@ class Usage:
     returncode: int
     stderr_tail: str = ""
     rss_sum_mb: float = 0.0
+    steady_pss_mb: float = 0.0
 
 
 def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: float = 0.1,
@@ -122,6 +131,7 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
         start = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
         best = {"pss": 0.0, "anon": 0.0, "file": 0.0, "n": 0, "hwm": 0.0, "rss_sum": 0.0}
+        by_ranks: list[tuple[int, float]] = []  # (ranks alive, total PSS) of every sample
         done = threading.Event()
 
         def sample() -> None:
@@ -131,6 +141,7 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
                 return
             while not done.is_set():
                 pss = anon = file = rss = 0.0
+                ranks = 0
                 try:
                     tree = [top, *top.children(recursive=True)]
                 except psutil.Error:
@@ -139,6 +150,7 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
                     try:
                         full = p.memory_full_info()
                         best["hwm"] = max(best["hwm"], _high_water(p.pid))
+                        ranks += _is_rank(p.cmdline())
                     except psutil.Error:  # exited between listing and reading
                         continue
                     pss += full.pss
@@ -146,6 +158,7 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
                     file += full.shared
                     rss += full.rss
                 best["rss_sum"] = max(best["rss_sum"], rss)
+                by_ranks.append((ranks, pss))
                 if pss > best["pss"]:
                     best.update(pss=pss, anon=anon, file=file)
                 best["n"] = max(best["n"], len(tree))
@@ -162,8 +175,15 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, interval: flo
         tail = "\n".join(err.read().decode(errors="replace").strip().splitlines()[-5:])
     mb = 1024.0 * 1024.0
     peak = best["hwm"] / mb if best["hwm"] else usage.ru_maxrss / 1024.0  # no /proc: the rusage figure
+    most = max((r for r, _ in by_ranks), default=0)
+    steady = float(np.median([v for r, v in by_ranks if r == most])) if by_ranks else 0.0
     return Usage(seconds, peak, best["pss"] / mb, best["anon"] / mb, best["file"] / mb, int(best["n"]),
-                 proc.returncode, tail, best["rss_sum"] / mb)
+                 proc.returncode, tail, best["rss_sum"] / mb, steady / mb)
+
+
+def _is_rank(cmdline: Sequence[str]) -> bool:
+    """A process that runs the benchmark itself (not the launcher, nor a decode worker or resource tracker)."""
+    return "benchmark" in cmdline[1:4] and "-m" in cmdline[1:3]
 
 
 def _high_water(pid: int) -> float:
@@ -264,7 +284,7 @@ def collect(preset: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
             echo(f"scale: {n} patches written ({time.perf_counter() - t0:.0f} s)")
             for path in PATHS:
                 out = tmp / f"out{n}_{path}"
-                for method in ("none", "medi"):  # medi reuses the decode cache none made
+                for method in METHODS:  # the later ones reuse the decode cache none made
                     cmd = run_command(method, root, csv, out, preset, path)
                     usage = _checked(measure(cmd, env), cmd)
                     record = _record(out, method)
@@ -297,14 +317,17 @@ def collect(preset: str, echo: Callable[[str], None] = print) -> dict[str, Any]:
 
 
 def figure_png(details: dict, title: str) -> bytes:
-    """Peak RSS against the number of patches, both paths, ``none`` and ``medi`` side by side."""
+    """Peak RSS against the number of patches, both paths, one panel a method (``none``, ``stain_norm``, ``medi``)."""
     from benchmark.core.images import png_bytes, pyplot
 
     plt = pyplot()
 
     runs = [r for r in details["runs"] if not r.get("accelerate")]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))  # own y scales: medi trains, so it holds more
-    for ax, method in zip(axes, ("none", "medi"), strict=True):
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    # own y scales: medi trains, so it holds more
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.6), squeeze=False)
+    axes = axes[0]
+    for ax, method in zip(axes, methods, strict=True):
         for path, style in (("in_memory", dict(color="0.45", ls="--", marker="o", label="in memory (reference)")),
                             ("mapped", dict(color="C0", marker="s", label="mapped cache file"))):
             pts = sorted((r["n"], r["peak_rss_mb"]) for r in runs if r["method"] == method and r["path"] == path)

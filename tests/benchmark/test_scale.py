@@ -71,6 +71,21 @@ def test_measure_counts_a_shared_file_once_in_pss(tmp_path: Path) -> None:
     assert two.peak_pss_mb < one.peak_pss_mb + 150  # PSS divides them: far from twice one's
 
 
+
+def test_steady_pss_is_the_median_while_the_ranks_ran_not_a_transient_peak() -> None:
+    usage = scale.measure(python("""
+        import time, numpy as np
+        a = np.ones(100 * 1024 * 1024, np.uint8); time.sleep(2.0)  # held
+        b = np.ones(300 * 1024 * 1024, np.uint8); time.sleep(0.3)  # a transient spike
+    """))
+    assert usage.returncode == 0 and usage.peak_pss_mb >= 390
+    assert 90 <= usage.steady_pss_mb < 250
+    # the ranks: a run and each process of a launch, not the launcher nor a decode worker
+    assert scale._is_rank(["python", "-m", "benchmark", "-q", "run"])
+    assert scale._is_rank(["python", "-u", "-m", "benchmark", "-q", "run"])
+    assert not scale._is_rank(["python", "-m", "accelerate.commands.launch", "--multi_gpu", "-m", "benchmark"])
+    assert not scale._is_rank(["python", "-B", "-c", "from multiprocessing.spawn import spawn_main"])
+
 def test_slope_known_answer() -> None:
     assert scale.slope([100, 400, 1600], [10 + 0.5 * n for n in (100, 400, 1600)]) == pytest.approx(0.5)
     assert np.isnan(scale.slope([100, 100], [1, 2]))
