@@ -112,10 +112,7 @@ class ArrayImages:
         if not mapped or not hasattr(os, "preadv"):  # preadv: POSIX
             return None
         if self._fd is None:
-            try:
-                self._fd = os.open(base.filename, os.O_RDONLY)
-            except FileNotFoundError:  # a scratch file already deleted (cache.scratch_rows): read through the map
-                return None
+            self._fd = os.open(base.filename, os.O_RDONLY)
         return self._fd, int(base.offset), int(np.prod(base.shape[1:]))
 
     def _read(self, rows: np.ndarray) -> np.ndarray:

@@ -489,7 +489,7 @@ def stage_scale(preset: str) -> list[Row]:
                         f"peak RSS per added patch, run --method {method}, mapped (slope over {ns[0]}-{top})",
                         "the same, in memory"))
         if method == "medi":  # a training peak swings with its steps' allocations: the steady PSS's slope too
-            steady = [scale.slope(ns, [by[(p, n)].get("steady_pss_mb", math.nan) for n in ns]) * 1024
+            steady = [scale.slope(ns, [by[(p, n)]["steady_pss_mb"] for n in ns]) * 1024
                       for p in scale.PATHS]
             rows.append(Row("scale:medi steady marginal", "KB/patch", steady[0], steady[1],
                             f"median PSS while running, per added patch, medi, mapped (slope over {ns[0]}-{top})",
