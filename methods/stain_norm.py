@@ -37,6 +37,15 @@ NORMALIZERS = ("macenko", "reinhard")
 REASONS: tuple[str, ...] = ("ok", "too_little_tissue", "degenerate_stains", "non_finite", "out_of_range")
 _EPS = 1e-6  # numerical floor for eigenvalues, stain maxima and channel deviations
 _RANGE_TOLERANCE = 0.5  # a normalized value outside [-0.5, 255.5] is out of range (not a rounding effect)
+#: Pixels one torch call holds at most (2,048 patches at 32 px, 128 at 128 px): the float intermediates of a batch
+#: are ~100 bytes a pixel, so this bounds a call's memory at ~200 MB whatever the image size.
+BATCH_PIXELS = 2048 * 32 * 32
+
+
+def rows_per_call(images: np.ndarray | ImageSource, most: int) -> int:
+    """Patches a torch call takes: ``most``, fewer where their pixels would exceed BATCH_PIXELS."""
+    height, width = images.shape[1:3]
+    return max(1, min(int(most), BATCH_PIXELS // (int(height) * int(width))))
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class Params:
     alpha: float = 1.0  # percentile of the robust extreme stain angles (Macenko)
     beta: float = 0.15  # optical density below which a pixel counts as background, in any channel
     min_tissue_fraction: float = 0.05  # a patch with fewer tissue pixels than this is left as it is
-    batch_size: int = 512  # patches normalized per torch call
+    batch_size: int = 512  # patches normalized per torch call (fewer at large image sizes: BATCH_PIXELS)
 
     def __post_init__(self) -> None:
         if self.normalizer not in NORMALIZERS:
@@ -71,11 +80,14 @@ class Params:
 
 def mean_lab(images: np.ndarray | ImageSource, batch_size: int = 1024) -> np.ndarray:
     """Per-image mean CIELAB colour (L in [0, 100], a, b centred at 0) of uint8 N x H x W x 3 images: N x 3 (a
-    lazy source is read a batch at a time)."""
+    lazy source is read a batch at a time; at most BATCH_PIXELS pixels a batch)."""
     import torch
     from torchstain.torch.utils.rgb2lab import rgb2lab
 
     out = np.zeros((len(images), 3), dtype=np.float64)
+    if not len(images):
+        return out
+    batch_size = rows_per_call(images, batch_size)
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.require(images[start : start + batch_size], np.uint8, ["C", "W"])).float() / 255.0
         n, h, w, _ = batch.shape
@@ -300,27 +312,31 @@ def choose_reference(train: Split, params: Params) -> tuple[np.ndarray, dict]:
     else:
         site = sorted(counts.index, key=lambda s: (-counts[s], s))[0]
     idx = np.flatnonzero(real & (sites == site).to_numpy())
-    images = np.asarray(train.images[idx])
-    tissue = tissue_fraction(images, params.io, params.beta)
+    tissue, brightness = np.zeros(len(idx)), np.zeros(len(idx))
+    step = rows_per_call(train.images, params.batch_size)
+    for start in range(0, len(idx), step):  # the site's patches a batch at a time: a site can be most of a cohort
+        batch = np.asarray(train.images[idx[start : start + step]])
+        tissue[start : start + len(batch)] = tissue_fraction(batch, params.io, params.beta)
+        brightness[start : start + len(batch)] = batch.reshape(len(batch), -1).mean(axis=1)
     candidates = np.flatnonzero(tissue >= max(params.min_tissue_fraction, 1e-9))
     if len(candidates) == 0:
         raise ValueError(f"reference site {site!r} has no patch with tissue fraction >= {params.min_tissue_fraction}")
-    brightness = images[candidates].reshape(len(candidates), -1).mean(axis=1)
-    median = np.median(brightness)
-    order = candidates[np.lexsort((np.arange(len(candidates)), np.abs(brightness - median)))]
+    median = np.median(brightness[candidates])
+    order = candidates[np.lexsort((np.arange(len(candidates)), np.abs(brightness[candidates] - median)))]
     last_error = ""
     for pos in order:  # the median patch, or the nearest one whose stains can be estimated
+        image = np.asarray(train.images[idx[pos] : idx[pos] + 1])[0]
         try:
-            fit_reference(images[pos], params)
+            fit_reference(image, params)
         except ValueError as exc:
             last_error = str(exc)
             continue
         row = meta.iloc[idx[pos]]
-        return images[pos], {
+        return image, {
             "site": site,
             "index": int(idx[pos]),
             "slide_id": str(row["slide_id"]),
-            "brightness": round(float(images[pos].mean()), 2),
+            "brightness": round(float(brightness[pos]), 2),
             "tissue_fraction": round(float(tissue[pos]), 4),
         }
     raise ValueError(f"no patch of reference site {site!r} gives a usable stain estimate (last: {last_error})")
@@ -397,8 +413,10 @@ class StainNormalization(Method):
             self._count(ctx, name, reasons)
             return split
 
+        step = rows_per_call(split.images, p.batch_size)
+
         def fill(out) -> None:
-            for start, batch in zip(range(0, len(split), p.batch_size), split.batches(p.batch_size), strict=True):
+            for start, batch in zip(range(0, len(split), step), split.batches(step), strict=True):
                 out[start : start + len(batch)], reasons[start : start + len(batch)] = normalize_batch(
                     batch, self.reference, p, ctx.device)
 

@@ -187,6 +187,34 @@ def test_real_he_sites_are_pulled_together(he_tiles, normalizer):
     assert before > 5 and after < 0.35 * before, (before, after)
 
 
+def test_a_torch_call_holds_a_bounded_number_of_pixels_and_the_results_do_not_change(nsclc, tmp_path, monkeypatch):
+    """At 128 px a batch of 512 patches held ~1.5 GB of float intermediates, and the reference search read all of
+    the largest site's patches at once (memory that grew with the cohort): every torch call now takes at most
+    BATCH_PIXELS pixels, and the results are those of one call over everything."""
+    import methods.stain_norm as sn
+
+    task, splits = nsclc
+    train, val = splits["train"], splits["val"]
+    reference, about = choose_reference(train, Params())
+    whole_lab = sn.mean_lab(np.asarray(val.images))
+    method = StainNormalization()
+    method.fit(train, make_ctx(task, tmp_path))
+    whole, _ = normalize_batch(np.asarray(val.images), method.reference, method.params)
+
+    monkeypatch.setattr(sn, "BATCH_PIXELS", 3 * val.image_size**2)  # 3 patches a call
+    sizes: list[int] = []
+    real_tissue, real_normalize = sn.tissue_fraction, sn.normalize_batch
+    monkeypatch.setattr(sn, "tissue_fraction", lambda x, *a: sizes.append(len(x)) or real_tissue(x, *a))
+    monkeypatch.setattr(sn, "normalize_batch", lambda x, *a: sizes.append(len(x)) or real_normalize(x, *a))
+    assert sn.rows_per_call(val.images, 512) == 3 and sn.rows_per_call(val.images, 2) == 2
+    image, about2 = choose_reference(train, Params())
+    assert about2 == about and np.array_equal(image, reference)
+    np.testing.assert_allclose(sn.mean_lab(val.images), whole_lab, rtol=0, atol=1e-9)
+    out = method.transform_eval(val, make_ctx(task, tmp_path))
+    np.testing.assert_array_equal(np.asarray(out.images), whole)
+    assert sizes and max(sizes) == 3
+
+
 def test_reference_is_deterministic_and_configurable(nsclc, tmp_path, he_tiles):
     task, splits = nsclc
     train = splits["train"]
