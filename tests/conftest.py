@@ -12,6 +12,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The cores the test session started with (comma-separated), before an xdist worker is pinned to its share.
+CORES_ENV = "MEDIBENCH_TEST_CORES"
+
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (``-n N``), worker k runs on every N-th core from k, it and every process it starts (the
+    CLI in a subprocess sizes its threads by its CPU affinity: benchmark.core.threads): N workers whose torch
+    threads each took all the cores would run N times the busy threads the machine has, which slowed runs 7-20x."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault(CORES_ENV, ",".join(map(str, cores)))
+    mine = cores[int(worker[2:]) % len(cores) :: count] if len(cores) >= count else cores
+    if mine:
+        os.sched_setaffinity(0, mine)
+        os.environ["OMP_NUM_THREADS"] = str(len(mine))
+
+
+_pin_xdist_worker()
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):

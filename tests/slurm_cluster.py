@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmark.core.cache import pid_alive
+from benchmark.core.threads import usable_cores
 
 PACKAGES = ("slurm-wlm", "munge")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "srun", "sinfo")
@@ -60,6 +61,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _whole_session_cores() -> None:
+    """preexec_fn of the daemons: the cores the test session started with (tests/conftest.CORES_ENV), not the
+    share an xdist worker is pinned to, so that slurmd finds the CPUs its node is configured with."""
+    cores = os.environ.get("MEDIBENCH_TEST_CORES")
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, [int(c) for c in cores.split(",")])
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])
@@ -73,7 +82,8 @@ class SlurmCluster:
     def __init__(self, folder: Path | str, cpus: int | None = None, memory_mb: int = 2000):
         self.folder = Path(folder).resolve()
         self.host = socket.gethostname().split(".")[0]
-        self.cpus = cpus or os.cpu_count() or 1
+        cores = os.environ.get("MEDIBENCH_TEST_CORES")
+        self.cpus = cpus or (len(cores.split(",")) if cores else usable_cores())
         self.memory_mb = memory_mb
         self.conf = self.folder / "slurm.conf"
         self.munge_socket = self.folder / "munge" / "munge.socket"
@@ -131,11 +141,11 @@ class SlurmCluster:
         m = self.folder / "munge"
         subprocess.run([_which("munged"), "--force", f"--socket={self.munge_socket}", f"--pid-file={m / 'munged.pid'}",
                         f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"],
-                       check=True, capture_output=True, timeout=30)
+                       check=True, capture_output=True, timeout=30, preexec_fn=_whole_session_cores)
         env = dict(os.environ, **self.env)
         for daemon in ("slurmctld", "slurmd"):
             proc = subprocess.run([_which(daemon), "-f", str(self.conf)], env=env, capture_output=True, text=True,
-                                  timeout=60)
+                                  timeout=60, preexec_fn=_whole_session_cores)
             if proc.returncode != 0:
                 self.stop()
                 raise RuntimeError(f"{daemon} did not start: {proc.stderr.strip()} (log: {self.folder})")
