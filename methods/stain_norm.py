@@ -85,8 +85,6 @@ def mean_lab(images: np.ndarray | ImageSource, batch_size: int = 1024) -> np.nda
     from torchstain.torch.utils.rgb2lab import rgb2lab
 
     out = np.zeros((len(images), 3), dtype=np.float64)
-    if not len(images):
-        return out
     batch_size = rows_per_call(images, batch_size)
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.require(images[start : start + batch_size], np.uint8, ["C", "W"])).float() / 255.0
@@ -312,10 +310,11 @@ def choose_reference(train: Split, params: Params) -> tuple[np.ndarray, dict]:
     else:
         site = sorted(counts.index, key=lambda s: (-counts[s], s))[0]
     idx = np.flatnonzero(real & (sites == site).to_numpy())
+    site_images = train.subset(idx).images  # a view, read a batch at a time below: a site can be most of a cohort
     tissue, brightness = np.zeros(len(idx)), np.zeros(len(idx))
-    step = rows_per_call(train.images, params.batch_size)
-    for start in range(0, len(idx), step):  # the site's patches a batch at a time: a site can be most of a cohort
-        batch = np.asarray(train.images[idx[start : start + step]])
+    step = rows_per_call(site_images, params.batch_size)
+    for start in range(0, len(idx), step):
+        batch = np.asarray(site_images[start : start + step])
         tissue[start : start + len(batch)] = tissue_fraction(batch, params.io, params.beta)
         brightness[start : start + len(batch)] = batch.reshape(len(batch), -1).mean(axis=1)
     candidates = np.flatnonzero(tissue >= max(params.min_tissue_fraction, 1e-9))
@@ -325,7 +324,7 @@ def choose_reference(train: Split, params: Params) -> tuple[np.ndarray, dict]:
     order = candidates[np.lexsort((np.arange(len(candidates)), np.abs(brightness[candidates] - median)))]
     last_error = ""
     for pos in order:  # the median patch, or the nearest one whose stains can be estimated
-        image = np.asarray(train.images[idx[pos] : idx[pos] + 1])[0]
+        image = np.asarray(site_images[pos : pos + 1])[0]
         try:
             fit_reference(image, params)
         except ValueError as exc:
