@@ -101,7 +101,13 @@ def test_the_cyclegan_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
     """The CycleGAN's share-out: each process translates and discriminates its half of the global batch, gradients
     are averaged, the image-history pool is fed the whole batch in every process. Its conv biases before instance
     norm get a gradient that is rounding noise (the norm removes them), which Adam turns into steps of any sign, so
-    the weights are not compared; the losses and everything the run measures are."""
+    the weights are not compared exactly. The losses (logged at steps 2, 4 and 6) agree to rounding while that noise
+    is small and then part: measured at 1e-7 relative up to step 4 and 1.4e-4 at step 6 with one thread a process
+    (under ``pytest -n 2``), where the translated patches then moved the unseen test's balanced accuracy by one test
+    patch (0.663 vs 0.670) and its worst group's accuracy by one of its four patches (0.25 vs 0.33); under 1e-4 and equal metrics with the one-process run on two threads. A wrong share-out
+    parts the losses at once: with the history pool fed each process's own half of the batch instead of the whole,
+    they differed at steps 2 and 4 by 5.4e-4 and 1.3e-4 relative (tried). So: steps 2 and 4 within 1e-6, step 6
+    within 1e-3, the generation plan exactly, the balanced accuracy within two test patches."""
     args = ["run", "--method", "cyclegan", "--task", "nsclc", "--preset", "smoke", "--no-progress",
             "--set", "method.sample_batch_size=32"]
     one, two, notes = tmp_path / "one", tmp_path / "two", tmp_path / "notes.jsonl"
@@ -115,11 +121,13 @@ def test_the_cyclegan_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
     sampled = {e["rank"]: e["batches"] for e in events if e["event"] == "sampling"}
     assert sampled[0] and sampled[1] and not set(sampled[0]) & set(sampled[1])
     ref, got = losses(one), losses(two)
-    assert sorted(got) == sorted(ref) and len(ref) >= 3
-    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)], rtol=1e-4)
+    assert sorted(got) == sorted(ref) == [2, 4, 6]
+    np.testing.assert_allclose([got[2], got[4]], [ref[2], ref[4]], rtol=1e-6)
+    np.testing.assert_allclose(got[6], ref[6], rtol=1e-3)
     r1, r2 = (json.loads((out / "results.jsonl").read_text().splitlines()[-1]) for out in (one, two))
-    for key in ("test_unseen/balanced_accuracy", "test_unseen/worst_group_accuracy", "train/n_synthetic"):
-        assert r2["metrics"][key] == pytest.approx(r1["metrics"][key], abs=1e-9), key
+    assert r2["metrics"]["train/n_synthetic"] == r1["metrics"]["train/n_synthetic"] > 0
+    assert r2["metrics"]["test_unseen/balanced_accuracy"] == pytest.approx(
+        r1["metrics"]["test_unseen/balanced_accuracy"], abs=0.02)
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
