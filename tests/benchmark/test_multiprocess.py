@@ -101,13 +101,14 @@ def test_the_cyclegan_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
     """The CycleGAN's share-out: each process translates and discriminates its half of the global batch, gradients
     are averaged, the image-history pool is fed the whole batch in every process. Its conv biases before instance
     norm get a gradient that is rounding noise (the norm removes them), which Adam turns into steps of any sign, so
-    the weights are not compared exactly. The losses (logged at steps 2, 4 and 6) agree to rounding while that noise
-    is small and then part: measured at 1e-7 relative up to step 4 and 1.4e-4 at step 6 with one thread a process
-    (under ``pytest -n 2``), where the translated patches then moved the unseen test's balanced accuracy by one test
-    patch (0.663 vs 0.670) and its worst group's accuracy by one of its four patches (0.25 vs 0.33); under 1e-4 and equal metrics with the one-process run on two threads. A wrong share-out
-    parts the losses at once: with the history pool fed each process's own half of the batch instead of the whole,
-    they differed at steps 2 and 4 by 5.4e-4 and 1.3e-4 relative (tried). So: steps 2 and 4 within 1e-6, step 6
-    within 1e-3, the generation plan exactly, the balanced accuracy within two test patches."""
+    the weights are not compared exactly. The losses (logged at steps 2, 4 and 6) agree to rounding while that
+    noise is small and then part: measured at 1e-7 relative up to step 4 and 1.4e-4 at step 6 with one thread a
+    process (under ``pytest -n 2``), where the translated patches then moved the unseen test's balanced accuracy by
+    one test patch (0.663 vs 0.670) and its worst group's accuracy by one of its four patches (0.25 vs 0.33); under
+    1e-4 and equal metrics with the one-process run on two threads. A wrong share-out parts the losses at once:
+    with the history pool fed each process's own half of the batch instead of the whole, they differed at steps 2
+    and 4 by 5.4e-4 and 1.3e-4 relative (tried). So: steps 2 and 4 within 1e-6, step 6 within 1e-3, the generation
+    plan exactly, the balanced accuracy within two test patches."""
     args = ["run", "--method", "cyclegan", "--task", "nsclc", "--preset", "smoke", "--no-progress",
             "--set", "method.sample_batch_size=32"]
     one, two, notes = tmp_path / "one", tmp_path / "two", tmp_path / "notes.jsonl"
