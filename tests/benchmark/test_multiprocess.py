@@ -101,7 +101,7 @@ def test_the_cyclegan_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
     """The CycleGAN's share-out: each process translates and discriminates its half of the global batch, gradients
     are averaged, the image-history pool is fed the whole batch in every process. Its conv biases before instance
     norm get a gradient that is rounding noise (the norm removes them), which Adam turns into steps of any sign, so
-    the weights are not compared exactly. The losses (logged at steps 2, 4 and 6) agree to rounding while that
+    the weights are not compared. The losses (logged at steps 2, 4 and 6) agree to rounding while that
     noise is small and then part: measured at 1e-7 relative up to step 4 and 1.4e-4 at step 6 with one thread a
     process (under ``pytest -n 2``), where the translated patches then moved the unseen test's balanced accuracy by
     one test patch (0.663 vs 0.670) and its worst group's accuracy by one of its four patches (0.25 vs 0.33); under
